@@ -1,0 +1,6 @@
+/* Placeholder until the simulator plugin lands. */
+int iotsim_placeholder(void);
+int iotsim_placeholder(void)
+{
+	return 0;
+}

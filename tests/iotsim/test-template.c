@@ -1,0 +1,5 @@
+/* Placeholder until the template tests land. */
+int main(void)
+{
+	return 77;
+}

@@ -37,15 +37,15 @@ enum param_source {
 struct config_param {
 	char *name;
 	enum param_source source;
-	char *arg;                  /* literal, path, interface or command; NULL when unused */
-	uint32_t timeout_ms;        /* command only */
+	char *arg;           /* literal, path, interface or command; NULL when unused */
+	uint32_t timeout_ms; /* command only */
 };
 
 struct config {
-	char *path;                 /* the file this came from */
+	char *path; /* the file this came from */
 
-	char *endpoint;             /* host name: used for DNS, SNI and the hostname check */
-	uint16_t port;              /* 8883, or 443 with ALPN x-amzn-mqtt-ca */
+	char *endpoint; /* host name: used for DNS, SNI and the hostname check */
+	uint16_t port;  /* 8883, or 443 with ALPN x-amzn-mqtt-ca */
 	char *ca_file;
 	char *claim_certificate;
 	char *claim_private_key;
@@ -54,31 +54,31 @@ struct config {
 	struct config_param *params;
 	size_t n_params;
 
-	char *client_id;            /* "${Name}" references to parameters are expanded */
+	char *client_id; /* "${Name}" references to parameters are expanded */
 	enum key_type key_type;
-	char *csr_subject;          /* e.g. "CN=${SerialNumber}", expanded like client_id */
-	char *key_file;             /* optional user-supplied private key (PEM) */
-	char *csr_file;             /* optional user-supplied CSR (PEM), needs key_file */
+	char *csr_subject; /* e.g. "CN=${SerialNumber}", expanded like client_id */
+	char *key_file;    /* optional user-supplied private key (PEM) */
+	char *csr_file;    /* optional user-supplied CSR (PEM), needs key_file */
 
 	char *state_dir;
-	bool verify;                /* connect with the new credentials before READY */
+	bool verify; /* connect with the new credentials before READY */
 
 	uint32_t keepalive_sec;
 	uint32_t connect_timeout_sec;
 	uint32_t response_timeout_sec;
-	uint32_t retry_base_sec;     /* transient errors: full-jitter exponential backoff */
+	uint32_t retry_base_sec; /* transient errors: full-jitter exponential backoff */
 	uint32_t retry_cap_sec;
 	uint32_t retry_permanent_sec; /* permanent rejections retry on this slow schedule */
 	uint32_t max_attempts;        /* 0 = forever */
-	uint32_t token_max_age_sec;   /* resume RegisterThing with a stored token younger than this */
+	uint32_t token_max_age_sec; /* resume RegisterThing with a stored token younger than this */
 
-	int log_level;                /* LOG_* from syslog.h */
+	int log_level; /* LOG_* from syslog.h */
 };
 
 struct config_error {
 	char file[256];
-	int line;                   /* 0 when unknown */
-	char key[128];              /* dotted path, e.g. "template.parameters.[2].file"; may be empty */
+	int line;      /* 0 when unknown */
+	char key[128]; /* dotted path, e.g. "template.parameters.[2].file"; may be empty */
 	char message[256];
 };
 
@@ -94,7 +94,7 @@ int config_load(const char *path, struct config **ret, struct config_error *rete
 
 /* The same from a string (for tests and fuzzing); name is used in error messages. */
 int config_load_string(const char *text, const char *name, struct config **ret,
-		       struct config_error *reterr);
+                       struct config_error *reterr);
 
 struct config *config_free(struct config *c);
 static inline void config_freep(struct config **c)

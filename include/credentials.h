@@ -10,9 +10,9 @@
 #include <stdint.h>
 
 enum cred_state {
-	CRED_MISSING,   /* nothing committed */
+	CRED_MISSING, /* nothing committed */
 	CRED_VALID,
-	CRED_INVALID,   /* committed but broken, mismatched or expired: provision again */
+	CRED_INVALID, /* committed but broken, mismatched or expired: provision again */
 	_CRED_STATE_MAX,
 };
 const char *cred_state_to_string(enum cred_state s);
@@ -22,7 +22,7 @@ struct cred_info {
 	char *certificate_id;
 	int64_t not_after;
 	uint64_t provisioned_at_usec;
-	const char *reason;     /* static text when INVALID, else NULL */
+	const char *reason; /* static text when INVALID, else NULL */
 };
 void cred_info_clear(struct cred_info *i);
 
@@ -32,7 +32,7 @@ void cred_info_clear(struct cred_info *i);
  * check of the files. ret_info may be NULL.
  */
 int cred_check(int state_dirfd, int64_t now_sec, enum cred_state *ret_state,
-	       struct cred_info *ret_info);
+               struct cred_info *ret_info);
 
 /*
  * Deep check: both PEMs parse, the key belongs to the certificate, and now_sec (if not 0)
@@ -40,8 +40,8 @@ int cred_check(int state_dirfd, int64_t now_sec, enum cred_state *ret_state,
  * (key does not match), -EKEYEXPIRED (expired or not yet valid).
  */
 int cred_verify_pair(const char *key_pem, const char *cert_pem, int64_t now_sec,
-		     int64_t *ret_not_before, int64_t *ret_not_after);
+                     int64_t *ret_not_before, int64_t *ret_not_after);
 
 /* notBefore/notAfter of a PEM certificate file (for the clock check and `check`). */
 int cred_certificate_file_validity(const char *path, int64_t *ret_not_before,
-				   int64_t *ret_not_after);
+                                   int64_t *ret_not_after);

@@ -17,5 +17,6 @@ int keygen_load_private_key(const char *pem, EVP_PKEY **ret);
  * commas separate RDNs, "\," escapes) or NULL for an empty subject.
  */
 int keygen_build_csr(EVP_PKEY *key, const char *subject, char **ret_pem);
-/* 0 if the CSR parses, is self-signed correctly and carries key's public key, else -EKEYREJECTED/-EBADMSG. */
+/* 0 if the CSR parses, is self-signed correctly and carries key's public key, else
+ * -EKEYREJECTED/-EBADMSG. */
 int keygen_csr_matches_key(const char *csr_pem, EVP_PKEY *key);

@@ -18,13 +18,13 @@
 
 /* Hand ownership of a pointer or fd on: the variable is reset so its cleanup does nothing. */
 #define TAKE_PTR(p)                                                                                \
-	({                                                                                         \
+	__extension__({                                                                            \
 		__typeof__(p) _p_ = (p);                                                           \
 		(p) = NULL;                                                                        \
 		_p_;                                                                               \
 	})
 #define TAKE_FD(fd)                                                                                \
-	({                                                                                         \
+	__extension__({                                                                            \
 		int _fd_ = (fd);                                                                   \
 		(fd) = -1;                                                                         \
 		_fd_;                                                                              \

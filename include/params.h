@@ -30,7 +30,7 @@ int params_resolve(const struct config *cfg, struct param_list *ret, char *errbu
 
 /* Resolve a single source; ret_value is a new string. */
 int params_resolve_one(const struct config_param *p, char **ret_value, char *errbuf,
-		       size_t errsize);
+                       size_t errsize);
 
 /* Look a value up by name; NULL when absent. */
 const char *params_get(const struct param_list *l, const char *name);
@@ -40,6 +40,6 @@ const char *params_get(const struct param_list *l, const char *name);
  * -EINVAL with the reason in errbuf. "$$" is a literal "$".
  */
 int params_expand(const char *tmpl, const struct param_list *l, char **ret, char *errbuf,
-		  size_t errsize);
+                  size_t errsize);
 
 void param_list_clear(struct param_list *l);

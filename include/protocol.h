@@ -22,8 +22,8 @@
 /* spec §1.5 / D-LIM19: thing names are at most 128 bytes. */
 #define PROTO_THING_NAME_MAX 128
 /* DeviceConfiguration is flat string->string; bound each piece and the count. */
-#define PROTO_DEVCONF_KEY_MAX   2048
-#define PROTO_DEVCONF_VALUE_MAX 4096
+#define PROTO_DEVCONF_KEY_MAX     2048
+#define PROTO_DEVCONF_VALUE_MAX   4096
 #define PROTO_DEVCONF_ENTRIES_MAX 256
 /* Rejection texts are copied into logs: keep them short. */
 #define PROTO_ERROR_CODE_MAX    128
@@ -46,7 +46,7 @@ struct proto_topics {
 };
 
 enum proto_reply {
-	PROTO_REPLY_NONE,     /* topic is not a reply to this operation */
+	PROTO_REPLY_NONE, /* topic is not a reply to this operation */
 	PROTO_REPLY_ACCEPTED,
 	PROTO_REPLY_REJECTED,
 };
@@ -64,12 +64,12 @@ enum proto_reply proto_topics_match(const struct proto_topics *t, const char *to
 int proto_build_csr_request(const char *csr_pem, char **ret, size_t *ret_len);
 /* {"certificateOwnershipToken": token, "parameters": {...}}. ret holds the token: erase it. */
 int proto_build_register_request(const char *token, const struct param_list *params, char **ret,
-				 size_t *ret_len);
+                                 size_t *ret_len);
 
 struct proto_cert_accepted {
 	char *certificate_id;
 	char *certificate_pem;
-	char *ownership_token;  /* secret: never log */
+	char *ownership_token; /* secret: never log */
 };
 
 struct proto_devconf_entry {
@@ -85,8 +85,8 @@ struct proto_register_accepted {
 
 struct proto_rejection {
 	int status_code;
-	char *error_code;       /* may be NULL */
-	char *error_message;    /* may be NULL */
+	char *error_code;    /* may be NULL */
+	char *error_message; /* may be NULL */
 };
 
 /*
@@ -95,18 +95,18 @@ struct proto_rejection {
  */
 int proto_parse_cert_accepted(const void *payload, size_t len, struct proto_cert_accepted *ret);
 int proto_parse_register_accepted(const void *payload, size_t len,
-				  struct proto_register_accepted *ret);
+                                  struct proto_register_accepted *ret);
 int proto_parse_rejection(const void *payload, size_t len, struct proto_rejection *ret);
 
-void proto_cert_accepted_clear(struct proto_cert_accepted *r);   /* erases the token */
+void proto_cert_accepted_clear(struct proto_cert_accepted *r); /* erases the token */
 void proto_register_accepted_clear(struct proto_register_accepted *r);
 void proto_rejection_clear(struct proto_rejection *r);
 
 /* How a rejection should be handled (design.md decision 7). */
 enum proto_error_class {
-	PROTO_ERROR_TRANSIENT,     /* 429, 5xx: backoff and retry */
-	PROTO_ERROR_RESTART_FLOW,  /* ownership token invalid or expired: new CSR */
-	PROTO_ERROR_PERMANENT,     /* 400, 403, 404, ...: log once, retry slowly */
+	PROTO_ERROR_TRANSIENT,    /* 429, 5xx: backoff and retry */
+	PROTO_ERROR_RESTART_FLOW, /* ownership token invalid or expired: new CSR */
+	PROTO_ERROR_PERMANENT,    /* 400, 403, 404, ...: log once, retry slowly */
 };
 enum proto_error_class proto_rejection_classify(enum proto_op op, const struct proto_rejection *r);
 /* A one-sentence likely fix for an admin, never NULL. */

@@ -17,14 +17,14 @@
 
 enum prov_state {
 	PROV_IDLE,
-	PROV_PREPARING,         /* loading pending/ or generating key + CSR */
-	PROV_CLOCK_WAIT,        /* wall clock before build time or claim notBefore */
-	PROV_CONNECTING,        /* claim connection: TCP + TLS + CONNACK */
-	PROV_SUBSCRIBING,       /* waiting for SUBACK of accepted + rejected */
-	PROV_CSR_SENT,          /* CreateCertificateFromCsr published, waiting for the reply */
-	PROV_REGISTER_SENT,     /* RegisterThing published, waiting for the reply */
+	PROV_PREPARING,     /* loading pending/ or generating key + CSR */
+	PROV_CLOCK_WAIT,    /* wall clock before build time or claim notBefore */
+	PROV_CONNECTING,    /* claim connection: TCP + TLS + CONNACK */
+	PROV_SUBSCRIBING,   /* waiting for SUBACK of accepted + rejected */
+	PROV_CSR_SENT,      /* CreateCertificateFromCsr published, waiting for the reply */
+	PROV_REGISTER_SENT, /* RegisterThing published, waiting for the reply */
 	PROV_COMMITTING,
-	PROV_VERIFYING,         /* connecting with the new credentials */
+	PROV_VERIFYING, /* connecting with the new credentials */
 	PROV_BACKOFF,
 	PROV_DONE,
 	PROV_FAILED,
@@ -34,18 +34,18 @@ enum prov_state {
 const char *prov_state_to_string(enum prov_state s);
 
 enum prov_result {
-	PROV_RESULT_READY,      /* credentials committed (and verified): exit 0 */
-	PROV_RESULT_CONFIG,     /* configuration class (unreadable claim key, bad CSR file): exit 78 */
-	PROV_RESULT_GAVE_UP,    /* max_attempts reached: exit 1 */
-	PROV_RESULT_CANCELLED,  /* SIGTERM/SIGINT: pending state kept, exit 0 */
+	PROV_RESULT_READY,   /* credentials committed (and verified): exit 0 */
+	PROV_RESULT_CONFIG,  /* configuration class (unreadable claim key, bad CSR file): exit 78 */
+	PROV_RESULT_GAVE_UP, /* max_attempts reached: exit 1 */
+	PROV_RESULT_CANCELLED, /* SIGTERM/SIGINT: pending state kept, exit 0 */
 	_PROV_RESULT_MAX,
 };
 
 struct prov_settings {
-	const struct config *config;    /* endpoint, port, CA, claim, template, key type, verify */
+	const struct config *config; /* endpoint, port, CA, claim, template, key type, verify */
 	const struct param_list *params;
-	const char *client_id;          /* expanded */
-	const char *csr_subject;        /* expanded, may be NULL */
+	const char *client_id;   /* expanded */
+	const char *csr_subject; /* expanded, may be NULL */
 	/* Timing, copied from config by main; tests shrink them to milliseconds. */
 	uint64_t connect_timeout_usec;
 	uint64_t response_timeout_usec;
@@ -53,8 +53,8 @@ struct prov_settings {
 	uint64_t retry_cap_usec;
 	uint64_t retry_permanent_usec;
 	uint64_t token_max_age_usec;
-	unsigned max_attempts;          /* 0 = forever */
-	int64_t clock_floor_sec;        /* wall clock must be past this (build time) */
+	unsigned max_attempts;   /* 0 = forever */
+	int64_t clock_floor_sec; /* wall clock must be past this (build time) */
 };
 
 struct prov;
@@ -62,7 +62,7 @@ typedef void (*prov_done_fn)(enum prov_result result, void *userdata);
 
 /* transport is used for the claim connection and for the verify connection. */
 int prov_new(sd_event *event, const struct prov_settings *settings, struct store *store,
-	     struct transport transport, prov_done_fn done, void *userdata, struct prov **ret);
+             struct transport transport, prov_done_fn done, void *userdata, struct prov **ret);
 /* Begin (or resume from pending/); done is called exactly once, from the event loop. */
 int prov_start(struct prov *p);
 /* Stop at the next safe point (SIGTERM): pending state is kept, done(CANCELLED) follows. */

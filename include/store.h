@@ -25,22 +25,22 @@
 
 #include "protocol.h"
 
-#define STORE_PENDING_DIR    "pending"
-#define STORE_CURRENT_LINK   "current"
-#define STORE_GEN_PREFIX     "gen-"
-#define STORE_KEY_FILE       "device.key"
-#define STORE_CERT_FILE      "device.crt"
-#define STORE_IDENTITY_JSON  "identity.json"
-#define STORE_IDENTITY_ENV   "identity.env"
-#define STORE_CSR_FILE       "request.csr"
+#define STORE_PENDING_DIR       "pending"
+#define STORE_CURRENT_LINK      "current"
+#define STORE_GEN_PREFIX        "gen-"
+#define STORE_KEY_FILE          "device.key"
+#define STORE_CERT_FILE         "device.crt"
+#define STORE_IDENTITY_JSON     "identity.json"
+#define STORE_IDENTITY_ENV      "identity.env"
+#define STORE_CSR_FILE          "request.csr"
 #define STORE_CERTIFICATE_JSON  "certificate.json"
 #define STORE_REGISTRATION_JSON "registration.json"
 #define STORE_ATTEMPT_JSON      "attempt.json"
 
-#define STORE_MODE_KEY     0640  /* group fleetprovd: consumer services join the group */
-#define STORE_MODE_SECRET  0600  /* ownership token */
-#define STORE_MODE_PUBLIC  0644
-#define STORE_MODE_GEN_DIR 0750
+#define STORE_MODE_KEY         0640 /* group fleetprovd: consumer services join the group */
+#define STORE_MODE_SECRET      0600 /* ownership token */
+#define STORE_MODE_PUBLIC      0644
+#define STORE_MODE_GEN_DIR     0750
 #define STORE_MODE_PENDING_DIR 0700
 
 struct store;
@@ -61,13 +61,13 @@ int store_write_atomic(int dirfd, const char *name, const void *data, size_t len
 int store_read_file(int dirfd, const char *name, size_t max, char **ret, size_t *ret_len);
 
 struct store_pending {
-	char *key_pem;              /* secret */
+	char *key_pem; /* secret */
 	char *csr_pem;
 	/* Set once CreateCertificateFromCsr was accepted (else NULL / 0). */
 	char *certificate_id;
 	char *certificate_pem;
-	char *ownership_token;      /* secret */
-	uint64_t issued_at_usec;    /* CLOCK_REALTIME */
+	char *ownership_token;   /* secret */
+	uint64_t issued_at_usec; /* CLOCK_REALTIME */
 	/* Set once RegisterThing was accepted: commit without asking the cloud again. */
 	bool registered;
 	struct proto_register_accepted registration;
@@ -84,12 +84,12 @@ int store_pending_save_key(struct store *s, const char *key_pem, const char *csr
 /* Replace the CSR (restart-flow keeps the key). */
 int store_pending_save_csr(struct store *s, const char *csr_pem);
 int store_pending_save_certificate(struct store *s, const struct proto_cert_accepted *c,
-				   uint64_t issued_at_usec);
+                                   uint64_t issued_at_usec);
 /* Forget certificate and token (expired or rejected), keep key and CSR. */
 int store_pending_drop_certificate(struct store *s);
 int store_pending_save_registration(struct store *s, const struct proto_register_accepted *r);
 int store_pending_save_attempt(struct store *s, uint64_t started_at_usec, unsigned attempt,
-			       const char *last_error);
+                               const char *last_error);
 int store_pending_remove(struct store *s);
 void store_pending_clear(struct store_pending *p);
 
@@ -105,7 +105,7 @@ struct store_identity {
 	const struct proto_devconf_entry *device_configuration;
 	size_t n_device_configuration;
 	uint64_t provisioned_at_usec;
-	int64_t not_after;          /* certificate notAfter, seconds since the epoch */
+	int64_t not_after; /* certificate notAfter, seconds since the epoch */
 };
 
 /*

@@ -47,9 +47,9 @@ int log_get_max_level(void)
 int log_level_from_string(const char *s)
 {
 	static const char *const names[] = {
-		[LOG_EMERG] = "emerg",     [LOG_ALERT] = "alert", [LOG_CRIT] = "crit",
-		[LOG_ERR] = "err",         [LOG_WARNING] = "warning", [LOG_NOTICE] = "notice",
-		[LOG_INFO] = "info",       [LOG_DEBUG] = "debug",
+	    [LOG_EMERG] = "emerg", [LOG_ALERT] = "alert",     [LOG_CRIT] = "crit",
+	    [LOG_ERR] = "err",     [LOG_WARNING] = "warning", [LOG_NOTICE] = "notice",
+	    [LOG_INFO] = "info",   [LOG_DEBUG] = "debug",
 	};
 
 	if (!s)
@@ -120,7 +120,7 @@ int log_internal(int level, int error, const struct log_fields *fields, const ch
 		return -error;
 	}
 
-	/* %m in fmt means the error passed in, not whatever errno happens to hold. */
+	/* Callers format the error themselves (ERRNO_STR); errno is restored for them below. */
 	errno = error;
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);

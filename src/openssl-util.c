@@ -24,7 +24,7 @@ int ossl_error(const char *what)
 		ERR_error_string_n(e, one, sizeof(one));
 		if (used < sizeof(line) - 1) {
 			int n = snprintf(line + used, sizeof(line) - used, "%s%s", used ? "; " : "",
-					 one);
+			                 one);
 			used = n < 0 ? sizeof(line) : used + (size_t)n;
 		}
 	}

@@ -53,7 +53,11 @@ enum proto_reply {
 
 /* true if name is a valid template name (spec §1.2). */
 int proto_template_name_valid(const char *name);
-/* true if id is a valid MQTT client id for AWS IoT (spec §3.2). */
+/*
+ * true if id is a valid MQTT client id for AWS IoT (spec §3.2): 1-128 bytes, not starting
+ * with '$'. Stricter than AWS: printable ASCII only, no space, '+', '#' or '/', because the
+ * id must also be written into the claim policy's iot:Connect resource.
+ */
 int proto_client_id_valid(const char *id);
 
 /* Build the JSON topics of op; template_name is needed for RegisterThing only. */
@@ -92,6 +96,19 @@ struct proto_rejection {
 /*
  * Parsers. Return 0, -EBADMSG (not JSON, wrong types, missing fields, bad id),
  * -EMSGSIZE (payload or a field over its limit). Outputs are written on success only.
+ * The payload need not be NUL-terminated; it must be exactly one JSON object (trailing
+ * bytes other than whitespace are -EBADMSG). Strings holding a NUL are -EBADMSG.
+ *
+ * cert_accepted: all three strings required; certificateId is 64 hex characters,
+ * certificatePem starts with "-----BEGIN CERTIFICATE-----".
+ * register_accepted: thingName is REQUIRED (1-128 of [a-zA-Z0-9:_-], AWS's thing name
+ * syntax): fleetprovd names the identity after it, so a template without a Thing resource
+ * is unusable and is reported as -EBADMSG. deviceConfiguration is optional; its values
+ * are strings, or numbers/booleans kept in their JSON spelling ("42", "true"); null,
+ * arrays and nested objects are -EBADMSG.
+ * rejection: statusCode (integer 0-999) is required; errorCode and errorMessage are
+ * optional, cut to their limits on a character boundary (not an error), with control
+ * characters replaced by spaces so they are safe to log.
  */
 int proto_parse_cert_accepted(const void *payload, size_t len, struct proto_cert_accepted *ret);
 int proto_parse_register_accepted(const void *payload, size_t len,
@@ -108,6 +125,11 @@ enum proto_error_class {
 	PROTO_ERROR_RESTART_FLOW, /* ownership token invalid or expired: new CSR */
 	PROTO_ERROR_PERMANENT,    /* 400, 403, 404, ...: log once, retry slowly */
 };
+/*
+ * 429 and 5xx: TRANSIENT. RegisterThing 4xx whose errorCode or errorMessage names the
+ * ownership token: RESTART_FLOW. Other 4xx: PERMANENT. Any other status (not a documented
+ * rejection): TRANSIENT.
+ */
 enum proto_error_class proto_rejection_classify(enum proto_op op, const struct proto_rejection *r);
 /* A one-sentence likely fix for an admin, never NULL. */
 const char *proto_rejection_hint(enum proto_op op, const struct proto_rejection *r);

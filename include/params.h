@@ -43,3 +43,9 @@ int params_expand(const char *tmpl, const struct param_list *l, char **ret, char
                   size_t errsize);
 
 void param_list_clear(struct param_list *l);
+
+/*
+ * Tests only: read /etc/machine-id and /sys/class/net/<if>/address below prefix instead of
+ * "/". NULL restores "/". The string is not copied and must stay valid while it is in use.
+ */
+void params_set_root(const char *prefix);

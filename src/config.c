@@ -1016,7 +1016,7 @@ static int check_integer(const char **p, int line, struct config_error *err)
 			;
 	if (!hex && (*q == '.' || *q == 'e' || *q == 'E')) {
 		/* A float: libconfig reads it with strtod, which saturates. */
-		for (q++; isalnum((unsigned char)*q) || strchr(".+-", *q); q++)
+		for (q++; isalnum((unsigned char)*q) || (*q && strchr(".+-", *q)); q++)
 			;
 		*p = q;
 		return 0;

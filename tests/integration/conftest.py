@@ -6,6 +6,7 @@ iotsim plugin, TLS with client certificates, on loopback. Nothing is mocked.
 
 import os
 import pathlib
+import shlex
 import socket
 import subprocess
 import sys
@@ -141,7 +142,8 @@ class Device:
         full_env.update(env or {})
         try:
             proc = subprocess.run(
-                [*wrapper, FLEETPROVD, "--config", str(self.config_path), "--log-level", "debug", *args],
+                [*wrapper, *shlex.split(os.environ.get("FLEETPROVD_WRAPPER", "")), FLEETPROVD,
+                 "--config", str(self.config_path), "--log-level", "debug", *args],
                 env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
         finally:
             time.sleep(0.05)
@@ -161,7 +163,8 @@ class Device:
         full_env.update(env or {})
         self.log_file = open(self.root / "daemon.log", "ab")
         return subprocess.Popen(
-            [FLEETPROVD, "--config", str(self.config_path), "--log-level", "debug", *args],
+            [*shlex.split(os.environ.get("FLEETPROVD_WRAPPER", "")), FLEETPROVD,
+             "--config", str(self.config_path), "--log-level", "debug", *args],
             env=full_env, stdout=subprocess.DEVNULL, stderr=self.log_file)
 
     @property

@@ -51,6 +51,10 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== build"
+version=$(dpkg-parsechangelog -l "$srcdir/packaging/debian/changelog" -S Version)
+project_version=$(sed -n "s/^[[:space:]]*version: '\([^']*\)'.*/\1/p" "$srcdir/meson.build" | head -n1)
+[ "$version" = "$project_version" ] ||
+	fail "debian/changelog is at $version, meson.build at $project_version"
 missing=$(dpkg-checkbuilddeps "$srcdir/packaging/debian/control" 2>&1) ||
 	skip "build dependencies missing: $missing"
 debs=$("$srcdir/packaging/build-deb.sh" "$out") || fail "packaging/build-deb.sh failed"
@@ -113,7 +117,8 @@ mode "$unit" "644 root root"
 	fail "the service was enabled on installation"
 ok "service installed, not enabled"
 
-/usr/sbin/fleetprovd --version | grep -q "0\.1\.0" || fail "fleetprovd --version does not say 0.1.0"
+/usr/sbin/fleetprovd --version | grep -qF "$version" ||
+	fail "fleetprovd --version does not say $version"
 /usr/sbin/fleetprovd --help >/dev/null || fail "fleetprovd --help failed"
 rc=0
 /usr/sbin/fleetprovd --check-config >/dev/null 2>&1 || rc=$?

@@ -36,6 +36,9 @@
 /* "aa:bb:cc:dd:ee:ff": an Ethernet (EUI-48) address as sysfs prints it. */
 #define MAC_ADDRESS_LEN 17
 
+/* Without a pidfd, how often at most to ask whether a command has exited. */
+#define CHILD_RECHECK_MAX_MS 50
+
 #define MACHINE_ID_PATH "/etc/machine-id"
 #define SYS_CLASS_NET   "/sys/class/net"
 
@@ -464,7 +467,9 @@ static int spawn_child(char *const argv[], struct child *c)
 	if (r < 0)
 		return r;
 	c->pidfd = pidfd_open(c->pid, 0);
-	return c->pidfd < 0 ? NEG_ERRNO() : 0;
+	if (c->pidfd < 0 && errno != ENOSYS)
+		return NEG_ERRNO();
+	return 0;
 }
 
 static uint64_t now_ms(void)
@@ -500,38 +505,60 @@ static int drain(struct child *c, char *buf, size_t size, size_t *len)
 	}
 }
 
-/* Collect stdout until the child exits; -ETIME once the deadline passes. */
+/* Reap the child if it has exited. */
+static int try_reap(struct child *c)
+{
+	pid_t w = waitpid(c->pid, &c->status, WNOHANG);
+
+	if (w < 0 && errno == EINTR)
+		return 0;
+	if (w < 0) {
+		/* Not ours to reap (ECHILD): never signal that pid again. */
+		c->reaped = true;
+		return NEG_ERRNO();
+	}
+	if (w == c->pid)
+		c->reaped = true;
+	return 0;
+}
+
+/*
+ * Collect stdout until the child exits; -ETIME once the deadline passes. The pidfd wakes us
+ * when the child exits. Without one (kernel < 5.3, or valgrind), poll() wakes up at growing
+ * intervals to ask waitpid(); a command that exits quickly still costs only a few ms.
+ */
 static int wait_child(struct child *c, uint32_t timeout_ms, char *buf, size_t size, size_t *len)
 {
 	uint64_t deadline = now_ms() + timeout_ms;
-	int r;
+	int recheck_ms = 1, r;
 
 	while (!c->reaped) {
+		struct pollfd fds[2] = {{.fd = c->out, .events = POLLIN},
+		                        {.fd = c->pidfd, .events = POLLIN}};
 		uint64_t now = now_ms();
-		struct pollfd fds[2] = {{.fd = c->pidfd, .events = POLLIN},
-		                        {.fd = c->out, .events = POLLIN}};
+		int wait_ms;
 
 		if (now >= deadline)
 			return -ETIME;
-		r = poll(fds, c->out >= 0 ? 2 : 1, (int)(deadline - now));
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
+		wait_ms = (int)(deadline - now);
+		if (c->pidfd < 0) {
+			wait_ms = wait_ms < recheck_ms ? wait_ms : recheck_ms;
+			recheck_ms = recheck_ms * 2 > CHILD_RECHECK_MAX_MS ? CHILD_RECHECK_MAX_MS
+			                                                   : recheck_ms * 2;
+		}
+		/* A negative fd is skipped by poll(): the pipe at EOF, or no pidfd. */
+		r = poll(fds, ARRAY_SIZE(fds), wait_ms);
+		if (r < 0 && errno != EINTR)
 			return NEG_ERRNO();
-		if (c->out >= 0 && fds[1].revents) {
+		if (r > 0 && c->out >= 0 && fds[0].revents) {
 			r = drain(c, buf, size, len);
 			if (r < 0)
 				return r;
 		}
-		if (fds[0].revents) {
-			pid_t w = waitpid(c->pid, &c->status, WNOHANG);
-			/* Not ours to reap (ECHILD): never signal that pid again. */
-			if (w < 0 && errno != EINTR) {
-				c->reaped = true;
-				return NEG_ERRNO();
-			}
-			if (w == c->pid)
-				c->reaped = true;
+		if (c->pidfd < 0 || fds[1].revents) {
+			r = try_reap(c);
+			if (r < 0)
+				return r;
 		}
 	}
 	/* Output written just before exit is still in the pipe. */
@@ -572,7 +599,11 @@ static int run_command(const struct config_param *p, char *buf, size_t *len, boo
 		    "parameter '%s': command '%.*s' must be an absolute program path and at "
 		    "most %d arguments",
 		    param_name(p), QUOTE_MAX, p->arg, COMMAND_ARGS_MAX - 1);
-	r = spawn_child(argv, &c);
+	/* posix_spawn() reports a failed exec, but not everywhere (valgrind): ask first. */
+	if (faccessat(AT_FDCWD, argv[0], X_OK, AT_EACCESS) < 0)
+		r = NEG_ERRNO();
+	else
+		r = spawn_child(argv, &c);
 	if (r < 0)
 		return fail(errbuf, errsize, r, "parameter '%s': cannot run command '%.*s': %s",
 		            param_name(p), QUOTE_MAX, p->arg, strerror(-r));

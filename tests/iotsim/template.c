@@ -750,8 +750,6 @@ static int validate_parameters(struct tmpl_ctx *ctx)
 
 	if (!ctx->declared)
 		return 0;
-	if (!is_type(ctx->declared, json_type_object))
-		return fail(ctx, "Parameters must be an object");
 	json_object_object_foreachC(ctx->declared, it)
 	{
 		r = validate_parameter(ctx, it.key, it.val);
@@ -782,8 +780,6 @@ static int validate_mappings(struct tmpl_ctx *ctx)
 
 	if (!ctx->mappings)
 		return 0;
-	if (!is_type(ctx->mappings, json_type_object))
-		return fail(ctx, "Mappings must be an object");
 	json_object_object_foreachC(ctx->mappings, map)
 	{
 		if (!is_type(map.val, json_type_object))
@@ -815,8 +811,6 @@ static int validate_device_configuration(struct tmpl_ctx *ctx, json_object *dc)
 
 	if (!dc)
 		return 0;
-	if (!is_type(dc, json_type_object))
-		return fail(ctx, "DeviceConfiguration must be an object");
 	json_object_object_foreachC(dc, it)
 	{
 		r = is_type(it.val, json_type_object) ? as_function(ctx, it.val, &fn, &arg) : 0;
@@ -1353,9 +1347,13 @@ static int validate_properties(struct tmpl_ctx *ctx, const struct resource_type 
 		if (r < 0)
 			return fail_within(ctx, r, "property %s", it.key);
 	}
+	/* Type-specific checks first: they explain misuse better than "X is required". */
+	r = t->validate ? t->validate(ctx, props) : 0;
+	if (r < 0)
+		return r;
 	if (t->required && !json_object_object_get_ex(props, t->required, NULL))
 		return fail(ctx, "property %s is required for %s", t->required, t->type);
-	return t->validate ? t->validate(ctx, props) : 0;
+	return 0;
 }
 
 static const struct resource_type *find_resource_type(json_object *res)
@@ -1410,7 +1408,7 @@ static int validate_resources(struct tmpl_ctx *ctx, json_object *resources)
 	int r;
 
 	if (!is_type(resources, json_type_object))
-		return fail(ctx, "Resources section is required and must be an object");
+		return fail(ctx, "Resources section is required");
 	json_object_object_foreachC(resources, it)
 	{
 		r = validate_resource(ctx, it.val, &t);
@@ -1476,6 +1474,12 @@ static int validate_document(struct tmpl_ctx *ctx, json_object *tmpl)
 			    ctx,
 			    "Unsupported template section '%s' (allowed: Parameters, Mappings, Resources, DeviceConfiguration)",
 			    it.key);
+	}
+	/* A section that is present must be an object, even if empty ("null" is not absent). */
+	json_object_object_foreachC(tmpl, it)
+	{
+		if (!is_type(it.val, json_type_object))
+			return fail(ctx, "%s must be an object, not %s", it.key, type_name(it.val));
 	}
 	ctx->declared = json_object_object_get(tmpl, "Parameters");
 	ctx->mappings = json_object_object_get(tmpl, "Mappings");

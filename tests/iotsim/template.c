@@ -7,7 +7,8 @@
  * Choices made where AWS documents nothing (each is repeated at the code it governs):
  *   - Top-level sections other than Parameters, Mappings, Resources and DeviceConfiguration
  *     (Conditions, Outputs, AWSTemplateFormatVersion, ...) are rejected; Resources is
- *     required, as in CloudFormation, from which the template syntax is taken.
+ *     required, as in CloudFormation, from which the template syntax is taken; a section
+ *     that is present must be an object (null does not count as absent).
  *   - Parameters accept only "Type": "String" (the only type any AWS example uses) plus an
  *     optional scalar "Default" and an ignored "Description".
  *   - Request parameters the template does not declare are ignored (the service passes
@@ -28,6 +29,7 @@
  *     against the CreateThing / CreatePolicy patterns, as the service would on creation.
  *   - Thing.PackageVersions is rejected (not in the 2022 documentation and not modelled by
  *     the simulator). Certificate.ThingPrincipalType is validated and not reported.
+ *   - Resources accept only Type, Properties and OverrideSettings (no DependsOn, Condition).
  *   - OverrideSettings values are literal strings and case-sensitive; only the key spelling
  *     of AWS's examples (AttributePayload, ThingTypeName, ThingGroups) is accepted; the
  *     evaluated "OverrideSettings" lists only the keys the template sets.
@@ -850,6 +852,14 @@ static int eval_device_configuration(struct tmpl_ctx *ctx, json_object *dc, json
 	return 0;
 }
 
+static int add_owned(json_object *obj, const char *key, json_object **v)
+{
+	if (json_object_object_add(obj, key, *v) < 0)
+		return -ENOMEM;
+	*v = NULL;
+	return 0;
+}
+
 static int add_value(json_object *obj, const char *key, const char *value)
 {
 	json_object *v = json_object_new_string(value);
@@ -974,31 +984,27 @@ static int eval_name(struct tmpl_ctx *ctx, json_object *props, const char *key, 
 	return 0;
 }
 
-static int eval_attribute(struct tmpl_ctx *ctx, const char *name, json_object *node,
-                          json_object *out)
+/* One attribute of the already evaluated AttributePayload, checked as CreateThing would. */
+static int add_attribute(struct tmpl_ctx *ctx, const char *name, json_object *value,
+                         json_object *out)
 {
-	_cleanup_(json_object_putp) json_object *name_s = json_object_new_string(name);
-	json_object *s = NULL;
+	_cleanup_(json_object_putp) json_object *name_s = json_object_new_string(name), *s = NULL;
+	const char *text;
 	int r;
 
 	if (!name_s)
 		return -ENOMEM;
 	if (!valid_name(name_s, ATTR_NAME_CHARS, 1, TMPL_MAX_ATTR_NAME))
 		return fail(ctx, "'%s' is not a valid attribute name", name);
-	r = eval_string(ctx, node, 0, "the attribute value", &s);
+	r = scalar_text(ctx, value, "the attribute value", &text);
 	if (r < 0)
 		return fail_within(ctx, r, "attribute '%s'", name);
-	if (!valid_name(s, ATTR_VALUE_CHARS, 0, TMPL_MAX_ATTR_VALUE)) {
-		r = fail(ctx, "attribute '%s': '%s' is not a valid attribute value", name,
-		         json_object_get_string(s));
-		json_object_put(s);
-		return r;
-	}
-	if (json_object_object_add(out, name, s) < 0) {
-		json_object_put(s);
+	s = json_object_new_string(text);
+	if (!s)
 		return -ENOMEM;
-	}
-	return 0;
+	if (!valid_name(s, ATTR_VALUE_CHARS, 0, TMPL_MAX_ATTR_VALUE))
+		return fail(ctx, "attribute '%s': '%s' is not a valid attribute value", name, text);
+	return add_owned(out, name, &s);
 }
 
 static int eval_attributes(struct tmpl_ctx *ctx, json_object *props, json_object **ret)
@@ -1018,7 +1024,7 @@ static int eval_attributes(struct tmpl_ctx *ctx, json_object *props, json_object
 			return fail_within(ctx, r, "property AttributePayload");
 		json_object_object_foreachC(v, it)
 		{
-			r = eval_attribute(ctx, it.key, it.val, out);
+			r = add_attribute(ctx, it.key, it.val, out);
 			if (r < 0)
 				return fail_within(ctx, r, "property AttributePayload");
 		}
@@ -1053,14 +1059,6 @@ static int eval_groups(struct tmpl_ctx *ctx, json_object *props, json_object **r
 		}
 	}
 	*ret = TAKE_PTR(out);
-	return 0;
-}
-
-static int add_owned(json_object *obj, const char *key, json_object **v)
-{
-	if (json_object_object_add(obj, key, *v) < 0)
-		return -ENOMEM;
-	*v = NULL;
 	return 0;
 }
 

@@ -212,7 +212,8 @@ class Simulator:
         if not self.valgrind:
             return cmd
         return ["valgrind", "--leak-check=full", "--errors-for-leak-kinds=definite,indirect",
-                "--show-leak-kinds=definite,indirect", "--track-fds=no",
+                "--show-leak-kinds=definite,indirect",
+                f"--suppressions={IOTSIM_DIR / 'valgrind.supp'}",
                 f"--log-file={self.valgrind_log}", *cmd]
 
     def start(self):

@@ -47,14 +47,15 @@ printf '%s\n' "$files" | grep -q '^/usr/share/man/man5/fleetprovd\.conf\.5' ||
 	fail "no fleetprovd.conf(5)"
 ok "files present"
 
-set -- $(entry /etc/fleetprovd)
-[ "${1:-}" = 40750 ] && [ "${2:-}" = root ] && [ "${3:-}" = fleetprovd ] ||
-	fail "/etc/fleetprovd is '$(entry /etc/fleetprovd)', expected 40750 root fleetprovd"
-ok "/etc/fleetprovd 0750 root:fleetprovd"
-set -- $(entry /etc/fleetprovd/fleetprovd.conf)
-case "${4:-}" in
+dir=$(entry /etc/fleetprovd)
+case "$dir" in
+"40750 root fleetprovd"*) ok "/etc/fleetprovd 0750 root:fleetprovd" ;;
+*) fail "/etc/fleetprovd is '$dir', expected 40750 root fleetprovd" ;;
+esac
+conf=$(entry /etc/fleetprovd/fleetprovd.conf)
+case "${conf##* }" in
 *c*n* | *n*c*) ok "fleetprovd.conf is %config(noreplace)" ;;
-*) fail "fleetprovd.conf flags '${4:-}', expected %config(noreplace)" ;;
+*) fail "fleetprovd.conf is '$conf', expected the flags of %config(noreplace)" ;;
 esac
 
 scripts=$(rpm -qp --scripts "$rpm")

@@ -23,8 +23,12 @@ skip() {
 [ "$(id -u)" -eq 0 ] || skip "needs root to boot a container"
 command -v systemd-nspawn >/dev/null 2>&1 || skip "systemd-nspawn not found (package systemd-container)"
 [ -x /lib/systemd/systemd ] || skip "no systemd to boot in the container"
-[ -n "$daemon" ] && [ -x "$daemon" ] || skip "the daemon has not been built"
-[ -n "$plugin" ] && [ -f "$plugin" ] || skip "the simulator plugin has not been built"
+if [ -z "$daemon" ] || [ ! -x "$daemon" ]; then
+	skip "the daemon has not been built"
+fi
+if [ -z "$plugin" ] || [ ! -f "$plugin" ]; then
+	skip "the simulator plugin has not been built"
+fi
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || skip "mosquitto not found"
 
 work=$(mktemp -d /var/tmp/fleetprovd-systemd.XXXXXX)
@@ -32,11 +36,12 @@ root=$work/root
 stage=$work/stage
 log=$work/nspawn.log
 nspawn=
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
 	if [ -n "$nspawn" ] && kill -0 "$nspawn" 2>/dev/null; then
 		kill "$nspawn" 2>/dev/null || true
 		i=0
-		while kill -0 "$nspawn" 2>/dev/null && [ $i -lt 100 ]; do
+		while kill -0 "$nspawn" 2>/dev/null && [ "$i" -lt 100 ]; do
 			sleep 0.2
 			i=$((i + 1))
 		done

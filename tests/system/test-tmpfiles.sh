@@ -41,7 +41,9 @@ entry=$(grep '^fleetprovd:' "$root/etc/passwd") || fail "no user fleetprovd in p
 echo "passwd: $entry"
 uid=$(echo "$entry" | cut -d: -f3)
 gid=$(grep '^fleetprovd:' "$root/etc/group" | cut -d: -f3) || fail "no group fleetprovd"
-[ "$uid" -gt 0 ] && [ "$uid" -lt 1000 ] || fail "uid $uid is not a system uid"
+if [ "$uid" -le 0 ] || [ "$uid" -ge 1000 ]; then
+	fail "uid $uid is not a system uid"
+fi
 [ "$(echo "$entry" | cut -d: -f4)" = "$gid" ] || fail "primary group is not fleetprovd"
 case "$(echo "$entry" | cut -d: -f7)" in
 */nologin | */false) ;;

@@ -13,7 +13,7 @@ MAX_EXPOSURE=${MAX_EXPOSURE:-2.0}
 
 unit=${1:?usage: test-unit.sh UNIT [DAEMON [MANPAGE...]]}
 daemon=${2:-}
-[ $# -ge 2 ] && shift 2 || shift $#
+if [ $# -ge 2 ]; then shift 2; else shift $#; fi
 
 if ! command -v systemd-analyze >/dev/null 2>&1; then
 	echo "SKIP: systemd-analyze not found"
@@ -73,7 +73,9 @@ done
 recursive=no
 if [ -n "$host_units" ]; then
 	for f in "$host_units"/*.target "$host_units"/*.slice; do
-		[ -e "$f" ] && cp -L "$f" "$unitdir/" 2>/dev/null || true
+		if [ -e "$f" ]; then
+			cp -L "$f" "$unitdir/" 2>/dev/null || true
+		fi
 	done
 	recursive=one
 fi

@@ -20,5 +20,11 @@ static inline void mqtt_freep(struct mqtt **m)
 	mqtt_free(*m);
 }
 
-/* The ops-table view of m, for provision. */
+/*
+ * The ops-table view of m, for provision. connect returns -EINVAL (incomplete identity),
+ * -EBUSY (a connection exists: disconnect first) or -ENOMEM; every other failure, an
+ * unreadable key or a DNS error included, arrives later as DISCONNECTED from the event
+ * loop. subscribe and publish return -ENOTCONN before CONNECTED. DISCONNECTED carries
+ * connack = -1 unless a CONNACK refused the connection.
+ */
 struct transport mqtt_transport(struct mqtt *m);

@@ -270,15 +270,20 @@ static void note_ossl_error(struct mqtt_conn *conn, const char *line)
 	if (conn->ossl_err || !p || !(p = strstr(p, "error:")) || sscanf(p, "error:%lx", &e) != 1)
 		return;
 	conn->ossl_err = e;
-	conn->tcp_up = true; /* OpenSSL only fails a handshake it has data for */
 	reason = ERR_GET_REASON(e);
 	if (ERR_GET_LIB(e) != ERR_LIB_SSL)
 		return;
-	if (reason == SSL_R_CERTIFICATE_VERIFY_FAILED && conn->verify_result == X509_V_OK)
-		conn->verify_result = X509_V_ERR_UNSPECIFIED;
-	if (reason >= SSL_AD_REASON_OFFSET && reason < SSL_AD_REASON_OFFSET + 256 &&
-	    conn->alert_received < 0)
-		conn->alert_received = reason - SSL_AD_REASON_OFFSET;
+	/* Both need the server's answer, so TCP was up. */
+	if (reason == SSL_R_CERTIFICATE_VERIFY_FAILED) {
+		conn->tcp_up = true;
+		if (conn->verify_result == X509_V_OK)
+			conn->verify_result = X509_V_ERR_UNSPECIFIED;
+	}
+	if (reason >= SSL_AD_REASON_OFFSET && reason < SSL_AD_REASON_OFFSET + 256) {
+		conn->tcp_up = true;
+		if (conn->alert_received < 0)
+			conn->alert_received = reason - SSL_AD_REASON_OFFSET;
+	}
 }
 
 static void on_log(struct mosquitto *mosq, void *userdata, int level, const char *line)
@@ -407,13 +412,15 @@ static void fail_before_connack(struct mqtt_conn *conn, int rc, int err)
 		fail_timeout(conn);
 	else if (!conn->tcp_up && rc != MOSQ_ERR_TLS)
 		conn_fail(conn, TRANSPORT_FAIL_TCP, "%s", strerror(tcp_errno(conn, err)));
-	else if (conn->tls_done || conn->cert_requested)
+	else if (conn->tls_done)
 		/* Servers, AWS among them, drop an unwanted client certificate without a word. */
 		conn_fail(conn, TRANSPORT_FAIL_NOT_AUTHORIZED,
-		          "server closed the connection %s our certificate (%s)",
-		          conn->tls_done ? "after the TLS handshake, before CONNACK: it likely "
-		                           "does not accept"
-		                         : "after asking for",
+		          "server closed the connection after the TLS handshake, before CONNACK: "
+		          "it likely does not accept our certificate (%s)",
+		          cause_text(conn, rc, err));
+	else if (conn->cert_requested)
+		conn_fail(conn, TRANSPORT_FAIL_NOT_AUTHORIZED,
+		          "server closed the connection after asking for our certificate (%s)",
 		          cause_text(conn, rc, err));
 	else
 		conn_fail(conn, TRANSPORT_FAIL_TLS, "%s", cause_text(conn, rc, err));

@@ -10,6 +10,7 @@
  * retry or a restart resumes at the right step and never registers a certificate twice.
  * This is the module that logs and reports STATUS=; secrets (key, token) never reach either.
  */
+#include <ctype.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdbool.h>
@@ -37,8 +38,8 @@
 #define RECONNECT_MIN_USEC USEC_PER_SEC
 /* A user-supplied key or CSR: an RSA 4096 PKCS#8 PEM is about 3.3 KB. */
 #define USER_PEM_MAX (64u * 1024u)
-/* A freshly issued token refused again means something else is wrong: back off then. */
-#define RESTART_FLOWS_IN_A_ROW_MAX 1u
+/* Tokens refused more than this in one run mean something else is wrong: back off then. */
+#define RESTART_FLOWS_AT_ONCE_MAX 1u
 /* Reasons and hints go to the log, STATUS= and attempt.json; four 256-byte topics must fit. */
 #define TEXT_MAX 1536
 
@@ -83,7 +84,7 @@ struct prov {
 
 	struct backoff backoff;
 	unsigned failures;      /* failed attempts in this run: max_attempts counts these */
-	unsigned restart_flows; /* restart-flows since the last accepted certificate */
+	unsigned restart_flows; /* ownership tokens refused in this run */
 	unsigned requests_sent;
 	char last_permanent[TEXT_MAX]; /* logged at error once, repeats at notice */
 
@@ -526,7 +527,12 @@ static int create_pending(struct prov *p)
 		               store_path(p->store), STORE_PENDING_DIR, ERRNO_STR(r));
 		return r;
 	}
-	log_debug("Certificate signing request:\n%s", csr_pem);
+	/*
+	 * PEM bodies are not logged, though public: an EC key's last PEM line is its public
+	 * point and can coincide with a line of the CSR, which defeats "no key line in the log".
+	 */
+	log_debug("Saved the private key and a %zu-byte certificate request to '%s/%s'",
+	          strlen(csr_pem), store_path(p->store), STORE_PENDING_DIR);
 	p->pending.key_pem = TAKE_PTR(key_pem);
 	p->pending.csr_pem = TAKE_PTR(csr_pem);
 	p->pending.started_at_usec = now_usec(CLOCK_REALTIME);
@@ -903,7 +909,8 @@ static void on_certificate_accepted(struct prov *p, const void *payload, size_t 
 		                                   : "not a usable certificate");
 		return;
 	}
-	log_debug("Issued certificate %s:\n%s", c.certificate_id, c.certificate_pem);
+	log_debug("Certificate %s (%zu bytes of PEM) matches our key, valid until %" PRId64,
+	          c.certificate_id, strlen(c.certificate_pem), not_after);
 	issued_at = now_usec(CLOCK_REALTIME);
 	/* Durable before RegisterThing: after a power cut we resume with this token. */
 	r = store_pending_save_certificate(p->store, &c, issued_at);
@@ -917,7 +924,6 @@ static void on_certificate_accepted(struct prov *p, const void *payload, size_t 
 	p->pending.certificate_pem = TAKE_PTR(c.certificate_pem);
 	p->pending.ownership_token = TAKE_PTR(c.ownership_token);
 	p->pending.issued_at_usec = issued_at;
-	p->restart_flows = 0;
 	backoff_reset(&p->backoff);
 	send_register(p);
 }
@@ -963,8 +969,11 @@ static void describe_rejection(struct prov *p, enum proto_op op, const struct pr
 	else
 		snprintf(f->status, sizeof(f->status), "%s rejected by AWS (%d %s)", step,
 		         rej->status_code, rej->error_code ? rej->error_code : "");
-	if (f->class == ERROR_PERMANENT)
+	if (f->class == ERROR_PERMANENT) {
 		snprintf(f->hint, sizeof(f->hint), "%s", proto_rejection_hint(op, rej));
+		/* protocol's hints are clauses; here they follow a sentence. */
+		f->hint[0] = (char)toupper((unsigned char)f->hint[0]);
+	}
 }
 
 /* Token invalid or expired: the same key asks for a new certificate at once. */
@@ -998,7 +1007,7 @@ static void on_rejected(struct prov *p, enum proto_op op, const void *payload, s
 	class = proto_rejection_classify(op, &rej);
 	if (class == PROTO_ERROR_RESTART_FLOW) {
 		forget_certificate(p);
-		if (p->restart_flows < RESTART_FLOWS_IN_A_ROW_MAX) {
+		if (p->restart_flows < RESTART_FLOWS_AT_ONCE_MAX) {
 			restart_flow(p, &rej);
 			return;
 		}

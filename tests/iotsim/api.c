@@ -6,6 +6,7 @@
 
 #include "api.h"
 #include "apply.h"
+#include "cbor.h"
 #include "hook.h"
 #include "openssl-util.h"
 #include "respond.h"
@@ -40,12 +41,18 @@ static void reject(struct iotsim *sim, const struct api_request *req, int status
 static json_object *parse_object(struct iotsim *sim, const struct api_request *req,
                                  const void *payload, uint32_t len)
 {
-	json_object *obj = util_json_parse(payload, len);
+	bool json = req->format == WIRE_JSON;
+	json_object *obj = json ? util_json_parse(payload, len) : cbor_decode(payload, len);
 
 	if (obj && json_object_is_type(obj, json_type_object))
 		return obj;
-	reject(sim, req, 400, ERR_INVALID_REQUEST,
-	       obj ? "The payload must be a JSON object" : "The payload is not valid JSON");
+	if (obj)
+		reject(sim, req, 400, ERR_INVALID_REQUEST,
+		       json ? "The payload must be a JSON object"
+		            : "The payload must be a CBOR map");
+	else
+		reject(sim, req, 400, ERR_INVALID_REQUEST,
+		       json ? "The payload is not valid JSON" : "The payload is not valid CBOR");
 	json_object_put(obj);
 	return NULL;
 }
@@ -443,16 +450,11 @@ int api_handle_message(struct iotsim *sim, struct mosquitto *client, const char 
 		return MOSQ_ERR_SUCCESS;
 	req = (struct api_request){
 	    .op = t.op,
+	    .format = t.format,
 	    .client_id = (char *)(str_or(mosquitto_client_id(client), "")),
 	    .topic = (char *)topic,
 	};
 	stats_request(sim->stats, req.op, req.client_id);
-	if (t.format == WIRE_CBOR) {
-		/* Only the JSON variant is simulated; answer in JSON so the mistake shows. */
-		reject(sim, &req, 400, ERR_INVALID_REQUEST,
-		       "The simulator supports only the json payload format");
-		return MOSQ_ERR_ACL_DENIED;
-	}
 	dispatch(sim, &req, &t, payload, len);
 	return MOSQ_ERR_ACL_DENIED;
 }

@@ -1,6 +1,6 @@
 /*
  * The three operations of the Fleet Provisioning MQTT API (spec §1.3-§1.5):
- * CreateCertificateFromCsr, CreateKeysAndCertificate and RegisterThing, JSON variant, with
+ * CreateCertificateFromCsr, CreateKeysAndCertificate and RegisterThing, JSON and CBOR, with
  * the request faults (disconnect, throttle, reject, wrongkey) and pre-provisioning hooks.
  */
 #pragma once

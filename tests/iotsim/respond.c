@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cbor.h"
 #include "respond.h"
 #include "util.h"
 
@@ -16,6 +17,7 @@
 int api_request_copy(const struct api_request *from, struct api_request *to)
 {
 	to->op = from->op;
+	to->format = from->format;
 	to->client_id = strdup(from->client_id);
 	to->topic = strdup(from->topic);
 	if (!to->client_id || !to->topic) {
@@ -76,6 +78,16 @@ static void mangle_accepted(struct iotsim *sim, enum api_op op, json_object *bod
 		                       json_object_new_string(BAD_CERTIFICATE_PEM));
 }
 
+/* body in the request's payload format, as a heap buffer. */
+static char *serialize(const struct api_request *req, json_object *body, size_t *ret_len)
+{
+	uint8_t *buf = NULL;
+
+	if (req->format == WIRE_JSON)
+		return util_json_dump(body, ret_len);
+	return cbor_encode(body, &buf, ret_len) < 0 ? NULL : (char *)buf;
+}
+
 static void queue(struct iotsim *sim, const struct api_request *req, const char *suffix,
                   const char *payload, size_t len)
 {
@@ -111,10 +123,10 @@ void respond_accepted(struct iotsim *sim, const struct api_request *req, json_ob
 	if (dropped(sim, req))
 		return;
 	mangle_accepted(sim, req->op, body, &malformed);
-	payload = util_json_dump(body, &len);
+	payload = serialize(req, body, &len);
 	if (!payload)
 		return;
-	/* Cut the document in half: no JSON parser can accept what is left. */
+	/* Cut the document in half: no parser can accept what is left. */
 	if (malformed)
 		len /= 2;
 	queue(sim, req, "accepted", payload, len);
@@ -131,7 +143,7 @@ void respond_rejected(struct iotsim *sim, const struct api_request *req, const s
 	           req->client_id, e->status, e->code, e->message);
 	if (dropped(sim, req) || !body)
 		return;
-	payload = util_json_dump(body, &len);
+	payload = serialize(req, body, &len);
 	if (payload)
 		queue(sim, req, "rejected", payload, len);
 }

@@ -12,6 +12,7 @@
 
 struct api_request {
 	enum api_op op;
+	enum wire_format format; /* answers use the request's format */
 	char *client_id;
 	char *topic; /* the request topic; answers go to topic + "/accepted" or "/rejected" */
 };

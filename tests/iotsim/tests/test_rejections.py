@@ -143,12 +143,6 @@ def test_invalid_template_stops_the_simulator_at_start(tmp_path):
     sim.stop()
 
 
-def test_cbor_requests_are_refused_in_json(sim, clients):
-    claim = clients.claim()
-    outcome, body = claim.request("$aws/certificates/create-from-csr/cbor", b"\xa0")
-    assert_rejected(outcome, body, 400, "InvalidRequestException", "json")
-
-
 def test_rejections_are_counted(sim, clients, tmp_path):
     claim = clients.claim("counted")
     claim.request(CSR_TOPIC, b"x")

@@ -8,6 +8,7 @@ from conftest import (CREATE_TOPIC, CSR_TOPIC, GATEWAY, Clients, Simulator, csr_
                       make_csr, openssl, provision, register, register_topic, write_cert,
                       write_hook)
 from mqttclient import Refused
+from test_cbor import encode as cbor_encode
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
@@ -30,6 +31,10 @@ def test_provisioning_under_valgrind(tmp_path):
         _, weak = make_csr(tmp_path, "weak", "rsa1024")
         csr_request(claim, weak)
         claim.request(register_topic("Nope"), {})
+        for payload in (cbor_encode({"certificateSigningRequest": weak, "n": [1, -2, None, True]}),
+                        b"\xa1\x63abc"):
+            claim.publish("$aws/certificates/create-from-csr/cbor", payload)
+            assert claim.receive()[0].endswith("/cbor/rejected")
         register(claim, "not-a-token", {"SerialNumber": "X"})
         sim.set_faults(["duplicate:csr:1", "wrongtypes:csr:1", "throttle:register:1"])
         _, csr = make_csr(tmp_path, "again")

@@ -39,6 +39,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <mosquitto.h>
+#include <mqtt_protocol.h>
 #include <netdb.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -67,6 +68,12 @@
 #define MQTT_QOS 1
 /* MQTT 3.1.1 §3.9.3: a SUBACK return code of 0x80 means the filter was refused. */
 #define MQTT_SUBACK_FAILURE 0x80
+/* spec §3.2: AWS IoT refuses an unauthorised client with CONNACK 7 where MQTT uses 5. */
+#define MQTT_CONNACK_AWS_NOT_AUTHORIZED 7
+/* How libmosquitto starts its own error lines (lib/net_mosq.c, lib/tls_mosq.c). */
+#define LIB_ERROR_PREFIX "Error: "
+/* TLS alert descriptions are one byte (RFC 8446 §6). */
+#define TLS_ALERT_DESC_MAX 255
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(SSL_CTX *, SSL_CTX_free)
 
@@ -279,7 +286,7 @@ static void note_ossl_error(struct mqtt_conn *conn, const char *line)
 		if (conn->verify_result == X509_V_OK)
 			conn->verify_result = X509_V_ERR_UNSPECIFIED;
 	}
-	if (reason >= SSL_AD_REASON_OFFSET && reason < SSL_AD_REASON_OFFSET + 256) {
+	if (reason >= SSL_AD_REASON_OFFSET && reason <= SSL_AD_REASON_OFFSET + TLS_ALERT_DESC_MAX) {
 		conn->tcp_up = true;
 		if (conn->alert_received < 0)
 			conn->alert_received = reason - SSL_AD_REASON_OFFSET;
@@ -337,8 +344,8 @@ static const char *lib_error_text(const struct mqtt_conn *conn)
 		return NULL;
 	if (p)
 		return p + 2;
-	if (strncmp(conn->lib_error, "Error: ", 7) == 0)
-		return conn->lib_error + 7;
+	if (strncmp(conn->lib_error, LIB_ERROR_PREFIX, strlen(LIB_ERROR_PREFIX)) == 0)
+		return conn->lib_error + strlen(LIB_ERROR_PREFIX);
 	return conn->lib_error;
 }
 
@@ -467,8 +474,8 @@ static void on_connect(struct mosquitto *mosq, void *userdata, int rc)
 		return;
 	}
 	conn->connack = rc;
-	/* spec §3.2: 4 and 5 are MQTT's "not authorised", AWS sends 7 instead of 5. */
-	if (rc == 4 || rc == 5 || rc == 7)
+	if (rc == CONNACK_REFUSED_BAD_USERNAME_PASSWORD || rc == CONNACK_REFUSED_NOT_AUTHORIZED ||
+	    rc == MQTT_CONNACK_AWS_NOT_AUTHORIZED)
 		conn_fail(conn, TRANSPORT_FAIL_NOT_AUTHORIZED, "%s", mosquitto_connack_string(rc));
 	else
 		conn_fail(conn, TRANSPORT_FAIL_REFUSED, "%s", mosquitto_connack_string(rc));

@@ -74,6 +74,7 @@ static int load_template_doc(struct sim_template *t, const char *path)
 		           t->name, path, TEMPLATE_BODY_MAX);
 		return -EINVAL;
 	}
+	json_object_put(t->doc); /* a template given twice: the last one counts */
 	t->doc = json_object_from_file(path);
 	if (!t->doc || !json_object_is_type(t->doc, json_type_object)) {
 		iotsim_log(MOSQ_LOG_ERR, "template %s: '%s' is not a JSON object", t->name, path);
@@ -90,6 +91,13 @@ static int load_template_doc(struct sim_template *t, const char *path)
 	return r;
 }
 
+static void free_strv(char **v)
+{
+	for (char **p = v; p && *p; p++)
+		free(*p);
+	free(v);
+}
+
 static int split_claim_templates(struct iotsim *sim, const char *list)
 {
 	_cleanup_free_ char *copy = strdup(list);
@@ -98,6 +106,7 @@ static int split_claim_templates(struct iotsim *sim, const char *list)
 
 	if (!copy)
 		return -ENOMEM;
+	free_strv(sim->claim_templates);
 	sim->claim_templates = calloc(strlen(list) / 2 + 2, sizeof(char *));
 	if (!sim->claim_templates)
 		return -ENOMEM;
@@ -305,6 +314,14 @@ static const struct {
     {MOSQ_EVT_TICK, on_tick},
 };
 
+/* Unregister the first n callbacks. */
+static void unregister_callbacks(size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		(void)mosquitto_callback_unregister(plugin_id, callbacks[i].event, callbacks[i].cb,
+		                                    NULL);
+}
+
 static struct iotsim *iotsim_free(struct iotsim *sim)
 {
 	if (!sim)
@@ -316,9 +333,7 @@ static struct iotsim *iotsim_free(struct iotsim *sim)
 		free(sim->templates[i].hook);
 	}
 	free(sim->templates);
-	for (char **t = sim->claim_templates; t && *t; t++)
-		free(*t);
-	free(sim->claim_templates);
+	free_strv(sim->claim_templates);
 	reply_queue_free(sim->replies);
 	faults_free(sim->faults);
 	stats_free(sim->stats);
@@ -423,6 +438,7 @@ PLUGIN_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void 
 	for (size_t i = 0; i < ARRAY_SIZE(callbacks); i++)
 		if (mosquitto_callback_register(identifier, callbacks[i].event, callbacks[i].cb,
 		                                NULL, sim) != MOSQ_ERR_SUCCESS) {
+			unregister_callbacks(i);
 			iotsim_free(sim);
 			return MOSQ_ERR_UNKNOWN;
 		}
@@ -435,9 +451,7 @@ PLUGIN_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void 
 PLUGIN_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options,
                                            int option_count)
 {
-	for (size_t i = 0; i < ARRAY_SIZE(callbacks); i++)
-		(void)mosquitto_callback_unregister(plugin_id, callbacks[i].event, callbacks[i].cb,
-		                                    NULL);
+	unregister_callbacks(ARRAY_SIZE(callbacks));
 	(void)stats_flush(((struct iotsim *)userdata)->stats);
 	iotsim_free(userdata);
 	return MOSQ_ERR_SUCCESS;

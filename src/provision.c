@@ -1044,10 +1044,41 @@ static void on_message(struct prov *p, const struct transport_event *ev)
 
 /* --- COMMITTING, VERIFYING, DONE ---------------------------------------------------------- */
 
-static void enter_committing(struct prov *p)
+static int commit_identity(struct prov *p, int64_t not_after)
 {
 	const struct config *c = p->settings.config;
 	const struct proto_register_accepted *reg = &p->pending.registration;
+	const struct store_identity id = {
+	    .thing_name = reg->thing_name,
+	    .certificate_id = p->pending.certificate_id,
+	    .certificate_pem = p->pending.certificate_pem,
+	    .key_pem = p->pending.key_pem,
+	    .endpoint = c->endpoint,
+	    .port = c->port,
+	    .ca_file = c->ca_file,
+	    .template_name = c->template_name,
+	    .device_configuration = reg->device_configuration,
+	    .n_device_configuration = reg->n_device_configuration,
+	    .provisioned_at_usec = now_usec(CLOCK_REALTIME),
+	    .not_after = not_after,
+	};
+
+	return store_commit(p->store, &id);
+}
+
+/* Only a damaged pending/ gets here: the pair was checked when the certificate arrived. */
+static void discard_damaged_pending(struct prov *p, int r)
+{
+	log_error_errno(r, "The pending certificate and key are unusable (%s), starting over",
+	                ERRNO_STR(r));
+	store_pending_clear(&p->pending);
+	p->have_pending = false;
+	(void)store_pending_remove(p->store);
+	fail_transient(p, "Commit: the pending identity was damaged");
+}
+
+static void enter_committing(struct prov *p)
+{
 	int64_t not_before, not_after;
 	int r;
 
@@ -1056,31 +1087,10 @@ static void enter_committing(struct prov *p)
 	r = cred_verify_pair(p->pending.key_pem, p->pending.certificate_pem, 0, &not_before,
 	                     &not_after);
 	if (r < 0) {
-		/* Only a damaged pending/ gets here: the pair was checked when it arrived. */
-		log_error_errno(r,
-		                "The pending certificate and key are unusable (%s), starting over",
-		                ERRNO_STR(r));
-		store_pending_clear(&p->pending);
-		p->pending = (struct store_pending){0};
-		p->have_pending = false;
-		(void)store_pending_remove(p->store);
-		fail_transient(p, "Commit: the pending identity was damaged");
+		discard_damaged_pending(p, r);
 		return;
 	}
-	r = store_commit(p->store, &(const struct store_identity){
-	                               .thing_name = reg->thing_name,
-	                               .certificate_id = p->pending.certificate_id,
-	                               .certificate_pem = p->pending.certificate_pem,
-	                               .key_pem = p->pending.key_pem,
-	                               .endpoint = c->endpoint,
-	                               .port = c->port,
-	                               .ca_file = c->ca_file,
-	                               .template_name = c->template_name,
-	                               .device_configuration = reg->device_configuration,
-	                               .n_device_configuration = reg->n_device_configuration,
-	                               .provisioned_at_usec = now_usec(CLOCK_REALTIME),
-	                               .not_after = not_after,
-	                           });
+	r = commit_identity(p, not_after);
 	if (r < 0) {
 		fail_transient(p, "Failed to commit the new identity to '%s': %s",
 		               store_path(p->store), ERRNO_STR(r));
@@ -1090,7 +1100,7 @@ static void enter_committing(struct prov *p)
 	p->have_pending =
 	    false; /* store_commit removed pending/; a failed verify must not recreate it */
 	log_debug("Committed the identity under '%s/%s'", store_path(p->store), STORE_CURRENT_LINK);
-	if (c->verify)
+	if (p->settings.config->verify)
 		enter_verifying(p);
 	else
 		enter_done(p);
@@ -1255,8 +1265,9 @@ static void transport_failed(struct prov *p, const struct transport_event *ev)
 		if (p->state != PROV_VERIFYING) {
 			f.class = ERROR_CONFIG;
 			snprintf(f.reason, sizeof(f.reason),
-			         "Cannot use the claim certificate '%s' with key '%s' (%s)",
-			         c->claim_certificate, c->claim_private_key,
+			         "Cannot use claim.certificate '%s', claim.private_key '%s' or "
+			         "ca_file '%s' (%s)",
+			         c->claim_certificate, c->claim_private_key, c->ca_file,
 			         ev->detail ? ev->detail : "unreadable or mismatched");
 			break;
 		}

@@ -619,14 +619,17 @@ int store_pending_save_attempt(struct store *s, uint64_t started_at_usec, unsign
 	return write_json_at(fd, STORE_ATTEMPT_JSON, o, STORE_MODE_SECRET, false);
 }
 
-/* Unlink every non-directory entry of the directory fd (never following anything). */
+/*
+ * Unlink every non-directory entry of the directory fd (never following anything). A fresh fd
+ * for the listing: a dup would share (and exhaust) the caller's directory offset.
+ */
 static int remove_dir_files(int fd)
 {
 	_cleanup_(closedirp) DIR *d = NULL;
 	struct dirent *de;
 	int dfd, r = 0;
 
-	dfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	dfd = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd < 0)
 		return NEG_ERRNO();
 	d = fdopendir(dfd);
@@ -762,16 +765,10 @@ static int load_certificate(int fd, struct store_pending *p)
 		return 0;
 	if (r < 0)
 		return r;
+	/* Fields are only taken once all of them were validated: -EBADMSG leaves p untouched. */
 	r = load_certificate_fields(o, p);
 	certificate_json_free(o);
-	if (r == -EBADMSG) {
-		free(TAKE_PTR(p->certificate_id));
-		free(TAKE_PTR(p->certificate_pem));
-		erase_and_freep(&p->ownership_token);
-		p->issued_at_usec = 0;
-		return 0;
-	}
-	return r;
+	return r == -EBADMSG ? 0 : r;
 }
 
 static int devconf_parse(json_object *o, struct proto_register_accepted *reg)
@@ -1107,7 +1104,7 @@ static int remove_other_generations(int dirfd, const char *keep)
 	struct dirent *de;
 	int dfd, r = 0, k;
 
-	dfd = fcntl(dirfd, F_DUPFD_CLOEXEC, 3);
+	dfd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd < 0)
 		return NEG_ERRNO();
 	d = fdopendir(dfd);

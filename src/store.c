@@ -370,7 +370,8 @@ static int json_add_string(json_object *o, const char *key, const char *value)
 /* Serialize o and write it atomically; secret output is erased once written. */
 static int write_json_at(int dirfd, const char *name, json_object *o, unsigned mode, bool secret)
 {
-	const int flags = JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE;
+	const int flags =
+	    JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED | JSON_C_TO_STRING_NOSLASHESCAPE;
 	_cleanup_free_ char *text = NULL;
 	const char *s;
 	size_t len;

@@ -180,8 +180,7 @@ static int subject_add_rdn(const char **p, X509_NAME *name)
 	}
 	if (n == 0 || (*s == ',' && s[1] == '\0'))
 		return -EINVAL;
-	/* Length limits per attribute (e.g. C is exactly 2) are OpenSSL's: a failure is bad input.
-	 */
+	/* Per-attribute limits (C is exactly 2) are OpenSSL's: a failure here is bad input. */
 	if (!X509_NAME_add_entry_by_NID(name, nid, MBSTRING_UTF8, (const unsigned char *)value,
 	                                (int)n, -1, 0))
 		return ossl_bad_input("Failed to add subject attribute", -EINVAL);

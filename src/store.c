@@ -20,8 +20,7 @@
 #define STORE_KEY_PEM_MAX (64u * 1024u)
 /* A CSR is smaller than its key's PEM plus a subject bounded by RFC 5280. */
 #define STORE_CSR_PEM_MAX (64u * 1024u)
-/* certificate.json: the PEM and the token at their protocol limits, JSON-escaped (x2), plus keys.
- */
+/* certificate.json: PEM and token at their protocol limits, JSON-escaped (x2), plus keys. */
 #define STORE_CERTIFICATE_JSON_MAX (2u * (PROTO_CERT_PEM_MAX + PROTO_TOKEN_MAX) + 4096u)
 /*
  * registration.json and identity.json carry DeviceConfiguration: its protocol limits, each
@@ -48,8 +47,7 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(DIR *, closedir)
 
 static int mkdirat_mode(int dirfd, const char *name, mode_t mode)
 {
-	/* Created with its final mode: the process umask (UMask=0077 in the unit) must not apply.
-	 */
+	/* Created with its final mode: the umask (UMask=0077 in the unit) must not apply. */
 	mode_t old = umask(0);
 	int r = mkdirat(dirfd, name, mode);
 	int saved = errno;

@@ -13,9 +13,12 @@ uint64_t backoff_ceiling(const struct backoff *b)
 {
 	uint64_t ceiling = b->base_usec;
 
-	/* Doubling stops at the cap, which also keeps the shift from overflowing. */
-	for (unsigned i = 0; i < b->attempt && ceiling < b->cap_usec; i++)
+	/* Doubling stops at the cap, and before it would wrap around. */
+	for (unsigned i = 0; i < b->attempt && ceiling < b->cap_usec; i++) {
+		if (ceiling > UINT64_MAX / 2)
+			return b->cap_usec;
 		ceiling *= 2;
+	}
 	return ceiling < b->cap_usec ? ceiling : b->cap_usec;
 }
 

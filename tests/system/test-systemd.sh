@@ -30,6 +30,8 @@ if [ -z "$plugin" ] || [ ! -f "$plugin" ]; then
 	skip "the simulator plugin has not been built"
 fi
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || skip "mosquitto not found"
+# The scenario installs the unit the way a package does: /etc and /var, i.e. --prefix=/usr.
+grep -q '^d /etc/fleetprovd ' "$tmpfiles" || skip "the build is not configured with --prefix=/usr"
 
 work=$(mktemp -d /var/tmp/fleetprovd-systemd.XXXXXX)
 root=$work/root

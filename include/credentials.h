@@ -13,6 +13,11 @@ enum cred_state {
 	CRED_MISSING, /* nothing committed */
 	CRED_VALID,
 	CRED_INVALID, /* committed but broken, mismatched or expired: provision again */
+	/*
+	 * Committed and whole, but no connection with it has succeeded yet (identity.json
+	 * "verified" is not true): with verify = true it must be proven before READY=1.
+	 */
+	CRED_UNVERIFIED,
 	_CRED_STATE_MAX,
 };
 const char *cred_state_to_string(enum cred_state s);
@@ -22,14 +27,16 @@ struct cred_info {
 	char *certificate_id;
 	int64_t not_after;
 	uint64_t provisioned_at_usec;
-	const char *reason; /* static text when INVALID, else NULL */
+	const char *reason; /* static text when INVALID or UNVERIFIED, else NULL */
 };
 void cred_info_clear(struct cred_info *i);
 
 /*
  * Fast check of current/. now_sec is the wall clock; pass 0 when the clock is not trusted
  * (expiry is then not judged). When the manifest does not match, falls back to the deep
- * check of the files. ret_info may be NULL.
+ * check of the files. An identity that would be VALID but was never verified is UNVERIFIED;
+ * whether that is good enough depends on the configuration, which the caller knows.
+ * ret_info may be NULL.
  */
 int cred_check(int state_dirfd, int64_t now_sec, enum cred_state *ret_state,
                struct cred_info *ret_info);

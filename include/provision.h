@@ -65,6 +65,12 @@ int prov_new(sd_event *event, const struct prov_settings *settings, struct store
              struct transport transport, prov_done_fn done, void *userdata, struct prov **ret);
 /* Begin (or resume from pending/); done is called exactly once, from the event loop. */
 int prov_start(struct prov *p);
+/*
+ * Instead of prov_start: current/ holds a committed identity that was never verified
+ * (CRED_UNVERIFIED, verify = true). Resume at VERIFYING: connect with it, then READY; no new
+ * key, CSR or registration.
+ */
+int prov_start_verify(struct prov *p, const char *thing_name, const char *certificate_id);
 /* Stop at the next safe point (SIGTERM): pending state is kept, done(CANCELLED) follows. */
 void prov_cancel(struct prov *p);
 enum prov_state prov_get_state(const struct prov *p);

@@ -15,6 +15,9 @@
  * rename, fsync the directory. A reader never sees a half-written identity.
  * identity.json is written last in a generation and records the size and mtime of
  * device.key and device.crt, so the boot fast path can check the files without parsing PEM.
+ * It also records whether a connection with the identity has succeeded ("verified"): a
+ * commit writes false, store_mark_verified() rewrites it true once the verify connect worked,
+ * so a crash or a refusal between the two is seen at the next boot (design.md decision 1).
  * Non-logging.
  */
 #pragma once
@@ -114,3 +117,9 @@ struct store_identity {
  * generations other than the new one.
  */
 int store_commit(struct store *s, const struct store_identity *id);
+/*
+ * Record in current/identity.json that a connection with the identity certificate_id
+ * succeeded ("verified": true, "verifiedAt"), atomically. -ESTALE when current/ holds another
+ * identity, -ENOENT when there is none.
+ */
+int store_mark_verified(struct store *s, const char *certificate_id, uint64_t verified_at_usec);

@@ -41,6 +41,7 @@ static const char *const cred_state_table[_CRED_STATE_MAX] = {
     [CRED_MISSING] = "missing",
     [CRED_VALID] = "valid",
     [CRED_INVALID] = "invalid",
+    [CRED_UNVERIFIED] = "unverified",
 };
 
 const char *cred_state_to_string(enum cred_state s)
@@ -350,6 +351,24 @@ static int check_expiry(json_object *identity, int64_t now_sec, struct verdict *
 	return 0;
 }
 
+/* Absent counts as not verified: only a successful verify connect writes true. */
+static bool identity_verified(json_object *identity)
+{
+	json_object *v;
+
+	return json_object_object_get_ex(identity, "verified", &v) &&
+	       json_object_is_type(v, json_type_boolean) && json_object_get_boolean(v);
+}
+
+/* A whole identity nobody has connected with yet is told apart, never taken for valid. */
+static void judge_verified(json_object *identity, struct verdict *v)
+{
+	if (v->state != CRED_VALID || identity_verified(identity))
+		return;
+	v->state = CRED_UNVERIFIED;
+	v->info.reason = "committed, but no connection with it has succeeded yet";
+}
+
 static int check_current(int state_dirfd, int64_t now_sec, struct verdict *v)
 {
 	_cleanup_(json_object_putp) json_object *identity = NULL;
@@ -370,9 +389,11 @@ static int check_current(int state_dirfd, int64_t now_sec, struct verdict *v)
 	if (r < 0 || (r == 0 && !deep))
 		return r;
 	/* Restored from a backup, or touched: the files may still be fine, so look inside. */
-	if (deep)
-		return deep_check(cur_fd, now_sec, v);
-	return check_expiry(identity, now_sec, v);
+	r = deep ? deep_check(cur_fd, now_sec, v) : check_expiry(identity, now_sec, v);
+	if (r < 0)
+		return r;
+	judge_verified(identity, v);
+	return 0;
 }
 
 int cred_check(int state_dirfd, int64_t now_sec, enum cred_state *ret_state,

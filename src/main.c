@@ -190,16 +190,35 @@ static int64_t trusted_now_sec(void)
 	return now < (time_t)BUILD_EPOCH ? 0 : (int64_t)now;
 }
 
+/* What the boot fast path found out. */
+enum boot_need {
+	BOOT_READY,     /* the identity is usable: READY=1 was sent */
+	BOOT_PROVISION, /* nothing usable: provision */
+	BOOT_VERIFY,    /* committed but not yet proven with verify = true: connect with it */
+};
+
+static void announce_ready(const struct cred_info *info)
+{
+	struct log_fields f = {.message_id = MESSAGE_ID_ALREADY_PROVISIONED};
+	char status[PROTO_THING_NAME_MAX + 64];
+
+	f.thing_name = info->thing_name;
+	log_internal(LOG_INFO, 0, &f, "Already provisioned as thing '%s' (certificate %s)",
+	             info->thing_name ? info->thing_name : "", info->certificate_id);
+	snprintf(status, sizeof(status), "Provisioned as thing %s",
+	         info->thing_name ? info->thing_name : "");
+	(void)notify_ready(status);
+}
+
 /*
  * The boot fast path: a committed, valid identity means READY at once. It must stay cheap:
  * no parameters, no OpenSSL, no MQTT, no event loop (the already-provisioned boot budget).
- * Returns 1 when provisioning is needed.
+ * An identity never proven by a connection is enough only when the configuration asks for
+ * no proof (verify = false). Returns an enum boot_need; ret_info is for BOOT_VERIFY.
  */
-static int fast_path(struct store *store)
+static int fast_path(const struct config *cfg, struct store *store, struct cred_info *ret_info)
 {
 	_cleanup_(cred_info_clear) struct cred_info info = {0};
-	struct log_fields f = {.message_id = MESSAGE_ID_ALREADY_PROVISIONED};
-	char status[PROTO_THING_NAME_MAX + 64];
 	enum cred_state state;
 	int r;
 
@@ -208,20 +227,23 @@ static int fast_path(struct store *store)
 		return log_error_errno(r, "Failed to check the credentials in '%s': %s",
 		                       store_path(store), ERRNO_STR(r));
 	if (state == CRED_MISSING)
-		return 1;
-	if (state != CRED_VALID) {
+		return BOOT_PROVISION;
+	if (state == CRED_UNVERIFIED && cfg->verify) {
+		log_notice("The identity in '%s/%s' (thing '%s') was saved but never verified, "
+		           "verifying it now",
+		           store_path(store), STORE_CURRENT_LINK, info.thing_name);
+		*ret_info = info;
+		info = (struct cred_info){0};
+		return BOOT_VERIFY;
+	}
+	if (state != CRED_VALID && state != CRED_UNVERIFIED) {
 		log_notice("The identity in '%s/%s' is not usable (%s), provisioning again",
 		           store_path(store), STORE_CURRENT_LINK,
 		           info.reason ? info.reason : cred_state_to_string(state));
-		return 1;
+		return BOOT_PROVISION;
 	}
-	f.thing_name = info.thing_name;
-	log_internal(LOG_INFO, 0, &f, "Already provisioned as thing '%s' (certificate %s)",
-	             info.thing_name ? info.thing_name : "", info.certificate_id);
-	snprintf(status, sizeof(status), "Provisioned as thing %s",
-	         info.thing_name ? info.thing_name : "");
-	(void)notify_ready(status);
-	return 0;
+	announce_ready(&info);
+	return BOOT_READY;
 }
 
 /* The CSR subject default "CN=<client id>", escaped for keygen's RFC 4514-like syntax. */
@@ -348,9 +370,18 @@ static int exit_code(enum prov_result result)
 	}
 }
 
+/* Start from scratch (or pending/), or only verify the committed identity in verify_only. */
+static int start(struct prov *prov, const struct cred_info *verify_only)
+{
+	if (verify_only)
+		return prov_start_verify(prov, verify_only->thing_name,
+		                         verify_only->certificate_id);
+	return prov_start(prov);
+}
+
 /* The event loop part of run: provision, then map the result to an exit code. */
-static int provision(const struct config *cfg, struct store *store,
-                     const struct prov_settings *settings)
+static int provision(struct store *store, const struct prov_settings *settings,
+                     const struct cred_info *verify_only)
 {
 	_cleanup_(sd_event_unrefp) sd_event *event = NULL;
 	_cleanup_(mqtt_freep) struct mqtt *mqtt = NULL;
@@ -376,7 +407,7 @@ static int provision(const struct config *cfg, struct store *store,
 	}
 	r = add_signals(event, prov);
 	if (r >= 0)
-		r = prov_start(prov);
+		r = start(prov, verify_only);
 	if (r >= 0)
 		r = sd_event_loop(event);
 	if (r < 0) {
@@ -388,12 +419,13 @@ static int provision(const struct config *cfg, struct store *store,
 
 static int run(const struct config *cfg)
 {
+	_cleanup_(cred_info_clear) struct cred_info verify_only = {0};
 	_cleanup_(store_freep) struct store *store = NULL;
 	_cleanup_(param_list_clear) struct param_list params = {0};
 	_cleanup_free_ char *client_id = NULL, *subject = NULL;
 	struct prov_settings settings;
 	char err[512];
-	int r;
+	int need, r;
 
 	r = store_open(state_dir(cfg), &store);
 	if (r < 0) {
@@ -401,9 +433,11 @@ static int run(const struct config *cfg)
 		                ERRNO_STR(r));
 		return EXIT_FAILURE;
 	}
-	r = fast_path(store);
-	if (r <= 0)
-		return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+	need = fast_path(cfg, store, &verify_only);
+	if (need < 0)
+		return EXIT_FAILURE;
+	if (need == BOOT_READY)
+		return EXIT_SUCCESS;
 
 	r = params_resolve(cfg, &params, err, sizeof(err));
 	if (r < 0) {
@@ -414,7 +448,7 @@ static int run(const struct config *cfg)
 	if (r < 0)
 		return r == -ENOMEM ? EXIT_FAILURE : EXIT_CONFIG;
 	settings = make_settings(cfg, &params, client_id, subject);
-	return provision(cfg, store, &settings);
+	return provision(store, &settings, need == BOOT_VERIFY ? &verify_only : NULL);
 }
 
 static int command_run(const struct config *cfg)

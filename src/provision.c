@@ -1159,12 +1159,35 @@ static void enter_verifying(struct prov *p)
 	start_connect(p, &id);
 }
 
+/* The connect with the new identity worked: say so on disk before READY=1. */
+static void mark_verified(struct prov *p)
+{
+	int r;
+
+	r = store_mark_verified(p->store, p->pending.certificate_id, now_usec(CLOCK_REALTIME));
+	if (r < 0)
+		/* The proof stands; only the next boot will connect once more to redo it. */
+		log_warning_errno(r, "Failed to record the verification in '%s/%s/%s': %s",
+		                  store_path(p->store), STORE_CURRENT_LINK, STORE_IDENTITY_JSON,
+		                  ERRNO_STR(r));
+	/*
+	 * A commit interrupted after the current switch leaves pending/ behind; the identity
+	 * it would have become is the one just proven.
+	 */
+	r = store_pending_remove(p->store);
+	if (r < 0)
+		log_debug_errno(r, "Failed to remove '%s/%s', ignoring: %s", store_path(p->store),
+		                STORE_PENDING_DIR, ERRNO_STR(r));
+}
+
 static void enter_done(struct prov *p)
 {
 	struct log_fields lf = fields(p, MESSAGE_ID_PROVISIONED);
 	char status[TEXT_MAX];
 
 	close_transport(p);
+	if (p->state == PROV_VERIFYING)
+		mark_verified(p);
 	set_state(p, PROV_DONE);
 	lf.step = step_name(PROV_DONE);
 	log_internal(LOG_INFO, 0, &lf, "Provisioned as thing '%s' (certificate %s)",
@@ -1462,6 +1485,23 @@ int prov_start(struct prov *p)
 	if (p->state != PROV_IDLE)
 		return -EBUSY;
 	enter_preparing(p);
+	return 0;
+}
+
+int prov_start_verify(struct prov *p, const char *thing_name, const char *certificate_id)
+{
+	if (!p || !thing_name || !certificate_id)
+		return -EINVAL;
+	if (p->state != PROV_IDLE)
+		return -EBUSY;
+	p->pending.registration.thing_name = strdup(thing_name);
+	p->pending.certificate_id = strdup(certificate_id);
+	if (!p->pending.registration.thing_name || !p->pending.certificate_id)
+		return -ENOMEM;
+	p->committed = true;
+	log_info("Thing '%s' (certificate %s) was saved but not yet verified", thing_name,
+	         certificate_id);
+	enter_verifying(p);
 	return 0;
 }
 

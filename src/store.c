@@ -1030,7 +1030,9 @@ static int identity_add_fields(json_object *o, const struct store_identity *id, 
 	             devconf_json(id->device_configuration, id->n_device_configuration)) < 0 ||
 	    json_add_string(o, "provisionedAt", when) < 0 ||
 	    json_add(o, "provisionedAtUsec", json_object_new_int64((int64_t)usec)) < 0 ||
-	    json_add(o, "certificateNotAfter", json_object_new_int64(id->not_after)) < 0)
+	    json_add(o, "certificateNotAfter", json_object_new_int64(id->not_after)) < 0 ||
+	    /* Nothing has connected with it yet: store_mark_verified() says when one has. */
+	    json_add(o, "verified", json_object_new_boolean(false)) < 0)
 		return -ENOMEM;
 	return 0;
 }
@@ -1162,4 +1164,42 @@ int store_commit(struct store *s, const struct store_identity *id)
 		log_debug_errno(r, "Failed to remove old generations, ignoring: %s", ERRNO_STR(r));
 	(void)fsync_fd(s->dirfd);
 	return 0;
+}
+
+static int identity_set_verified(json_object *o, uint64_t usec)
+{
+	char when[32];
+
+	format_rfc3339(usec, when, sizeof(when));
+	if (json_add(o, "verified", json_object_new_boolean(true)) < 0 ||
+	    json_add_string(o, "verifiedAt", when) < 0 ||
+	    json_add(o, "verifiedAtUsec", json_object_new_int64((int64_t)usec)) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
+int store_mark_verified(struct store *s, const char *certificate_id, uint64_t verified_at_usec)
+{
+	_cleanup_(json_object_putp) json_object *o = NULL;
+	_cleanup_close_ int cur_fd = -1;
+	const char *id;
+	int r;
+
+	if (!s || !certificate_id_valid(certificate_id) || verified_at_usec > INT64_MAX)
+		return -EINVAL;
+	/* Through the link: the generation it names right now is the one to update. */
+	cur_fd = openat(s->dirfd, STORE_CURRENT_LINK, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (cur_fd < 0)
+		return NEG_ERRNO();
+	r = read_json_at(cur_fd, STORE_IDENTITY_JSON, STORE_DEVCONF_JSON_MAX, false, &o);
+	if (r < 0)
+		return r;
+	id = json_get_string(o, "certificateId", PROTO_CERT_ID_LEN);
+	if (!id || strcmp(id, certificate_id) != 0)
+		return -ESTALE;
+	r = identity_set_verified(o, verified_at_usec);
+	if (r < 0)
+		return r;
+	/* The manifest covers key and certificate only, so it stays true as it is. */
+	return write_json_at(cur_fd, STORE_IDENTITY_JSON, o, STORE_MODE_PUBLIC, false);
 }

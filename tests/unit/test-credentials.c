@@ -87,7 +87,7 @@ static char *make_key_pem(EVP_PKEY **ret_key)
 	return pem;
 }
 
-static void commit(struct fixture *f, const char *cert_pem, int64_t not_after)
+static void commit_unverified(struct fixture *f, const char *cert_pem, int64_t not_after)
 {
 	const struct store_identity id = {
 	    .thing_name = "gw-1",
@@ -103,6 +103,13 @@ static void commit(struct fixture *f, const char *cert_pem, int64_t not_after)
 	};
 
 	assert_int_equal(store_commit(f->store, &id), 0);
+}
+
+/* Committed, then proven by a connection: what a finished provisioning leaves. */
+static void commit(struct fixture *f, const char *cert_pem, int64_t not_after)
+{
+	commit_unverified(f, cert_pem, not_after);
+	assert_int_equal(store_mark_verified(f->store, CERT_ID, 1700000100000000), 0);
 }
 
 static int setup(void **state)
@@ -246,6 +253,7 @@ static void test_state_strings(void **state)
 	assert_string_equal(cred_state_to_string(CRED_MISSING), "missing");
 	assert_string_equal(cred_state_to_string(CRED_VALID), "valid");
 	assert_string_equal(cred_state_to_string(CRED_INVALID), "invalid");
+	assert_string_equal(cred_state_to_string(CRED_UNVERIFIED), "unverified");
 	assert_null(cred_state_to_string(_CRED_STATE_MAX));
 }
 
@@ -280,6 +288,51 @@ static void test_valid(void **state)
 	cred_info_clear(&info);
 	assert_null(info.thing_name);
 	assert_int_equal(check(f, 0, NULL), CRED_VALID);
+}
+
+/* Committed but never connected with: whole, yet told apart from valid, on both paths. */
+static void test_unverified(void **state)
+{
+	struct fixture *f = *state;
+	struct cred_info info = {0};
+
+	commit_unverified(f, f->cert_pem, f->not_after);
+	assert_int_equal(check(f, (int64_t)time(NULL), &info), CRED_UNVERIFIED);
+	assert_string_equal(info.thing_name, "gw-1");
+	assert_string_equal(info.certificate_id, CERT_ID);
+	assert_int_equal(info.not_after, f->not_after);
+	assert_non_null(info.reason);
+	cred_info_clear(&info);
+	assert_int_equal(probe(f, "unverified"), 0);
+	touch(f, STORE_KEY_FILE);
+	assert_int_equal(check(f, (int64_t)time(NULL), NULL), CRED_UNVERIFIED);
+	/* Broken beats unverified: provisioning again is the only way out. */
+	replace(f, STORE_CERT_FILE, "-----BEGIN CERTIFICATE-----\nnonsense\n");
+	assert_invalid(f, (int64_t)time(NULL), "does not parse");
+}
+
+/* Only "verified": true counts; absent (an older identity.json) or any other value does not. */
+static void test_verified_flag_is_strict(void **state)
+{
+	struct fixture *f = *state;
+	_cleanup_close_ int fd = -1;
+	_cleanup_free_ char *text = NULL;
+	char *at;
+
+	commit(f, f->cert_pem, f->not_after);
+	assert_int_equal(check(f, 0, NULL), CRED_VALID);
+	fd = current_fd(f);
+	assert_int_equal(store_read_file(fd, STORE_IDENTITY_JSON, 1u << 20, &text, NULL), 0);
+	assert_non_null(strstr(text, "\"verifiedAt\""));
+	at = strstr(text, "\"verified\": true");
+	assert_non_null(at);
+	memcpy(at, "\"verified\": 1   ", strlen("\"verified\": true"));
+	/* The manifest covers key and certificate only: the fast path still reads this file. */
+	assert_int_equal(store_write_atomic(fd, STORE_IDENTITY_JSON, text, strlen(text), 0644), 0);
+	assert_int_equal(check(f, 0, NULL), CRED_UNVERIFIED);
+	memcpy(at, "\"verifiex\": true", strlen("\"verified\": true"));
+	assert_int_equal(store_write_atomic(fd, STORE_IDENTITY_JSON, text, strlen(text), 0644), 0);
+	assert_int_equal(check(f, 0, NULL), CRED_UNVERIFIED);
 }
 
 /* The boot fast path must not touch OpenSSL; the deep check does (so the probe can tell). */
@@ -454,6 +507,8 @@ int main(int argc, char *argv[])
 	    cmocka_unit_test(test_state_strings),
 	    T(test_missing),
 	    T(test_valid),
+	    T(test_unverified),
+	    T(test_verified_flag_is_strict),
 	    T(test_fast_path_skips_openssl),
 	    T(test_manifest_mismatch_still_valid),
 	    T(test_key_mismatch),

@@ -626,14 +626,13 @@ struct harness {
 	bool done, timed_out;
 	enum prov_state cancel_in_state; /* PROV_IDLE: never cancel */
 	enum prov_state state_at_cancel;
+	bool start_verify; /* start as main does for a CRED_UNVERIFIED identity */
 };
 
-static void harness_init(struct harness *h)
+static void harness_init_at(struct harness *h, const char *state_dir)
 {
-	static unsigned n;
-
 	*h = (struct harness){0};
-	snprintf(h->state_dir, sizeof(h->state_dir), "%s/state-%u", fx.dir, n++);
+	snprintf(h->state_dir, sizeof(h->state_dir), "%s", state_dir);
 	h->cfg = (struct config){
 	    .endpoint = (char *)"iot.test.invalid",
 	    .port = 8883,
@@ -667,6 +666,15 @@ static void harness_init(struct harness *h)
 	assert_int_equal(store_open(h->state_dir, &h->store), 0);
 }
 
+static void harness_init(struct harness *h)
+{
+	static unsigned n;
+	char dir[128];
+
+	snprintf(dir, sizeof(dir), "%s/state-%u", fx.dir, n++);
+	harness_init_at(h, dir);
+}
+
 static void on_done(enum prov_result result, void *userdata)
 {
 	struct harness *h = userdata;
@@ -698,6 +706,29 @@ static int on_cancel_timer(sd_event_source *s, uint64_t usec, void *userdata)
 	return 0;
 }
 
+static enum cred_state cred_state_of(const struct harness *h)
+{
+	enum cred_state state = _CRED_STATE_MAX;
+
+	assert_int_equal(cred_check(store_dirfd(h->store), 0, &state, NULL), 0);
+	return state;
+}
+
+/* What main does when the fast path finds an identity committed but never verified. */
+static void start_verify(struct harness *h)
+{
+	struct cred_info info = {0};
+	enum cred_state state;
+
+	assert_int_equal(cred_check(store_dirfd(h->store), 0, &state, &info), 0);
+	assert_int_equal(state, CRED_UNVERIFIED);
+	assert_int_equal(prov_start_verify(h->prov, info.thing_name, NULL), -EINVAL);
+	assert_int_equal(prov_start_verify(h->prov, info.thing_name, info.certificate_id), 0);
+	assert_int_equal(prov_start_verify(h->prov, info.thing_name, info.certificate_id), -EBUSY);
+	assert_int_equal(prov_start(h->prov), -EBUSY);
+	cred_info_clear(&info);
+}
+
 static enum prov_result harness_run(struct harness *h)
 {
 	struct transport t = {&fake_ops, &h->fake};
@@ -712,20 +743,40 @@ static enum prov_result harness_run(struct harness *h)
 		                                            100 * USEC_PER_MSEC, 1000,
 		                                            on_cancel_timer, h),
 		                 0);
-	assert_int_equal(prov_start(h->prov), 0);
+	if (h->start_verify)
+		start_verify(h);
+	else
+		assert_int_equal(prov_start(h->prov), 0);
 	assert_int_equal(sd_event_loop(h->event), 0);
 	assert_false(h->timed_out);
 	assert_true(h->done);
 	return h->result;
 }
 
-static void harness_finish(struct harness *h)
+static void harness_stop(struct harness *h)
 {
 	prov_free(h->prov);
 	fake_free(&h->fake);
 	store_free(h->store);
 	sd_event_unref(h->event);
+}
+
+static void harness_finish(struct harness *h)
+{
+	harness_stop(h);
 	remove_tree(h->state_dir);
+}
+
+/* The process ends (or the power goes) and the next boot starts on the same state dir. */
+static void harness_reboot(struct harness *h)
+{
+	char dir[sizeof(h->state_dir)];
+	struct config cfg = h->cfg;
+
+	memcpy(dir, h->state_dir, sizeof(dir));
+	harness_stop(h);
+	harness_init_at(h, dir);
+	h->cfg.verify = cfg.verify;
 }
 
 /* "connect gw-test-1,subscribe 4,..." from the recorded calls, for one-line assertions. */
@@ -822,6 +873,8 @@ static void test_happy_path(void **state)
 	assert_string_equal(h.fake.reg_tokens[0], h.fake.tokens[0]);
 	assert_string_equal(h.fake.reg_serial[0], "GW-1");
 	assert_committed(&h);
+	/* verify = false: nothing connected with it; main accepts that with this setting. */
+	assert_int_equal(cred_state_of(&h), CRED_UNVERIFIED);
 	harness_finish(&h);
 }
 
@@ -839,6 +892,8 @@ static void test_verify_connects_with_new_identity(void **state)
 	assert_string_equal(h.fake.connect_cert_files[1], expected);
 	assert_string_equal(h.fake.connect_cert_files[0], fx.claim_cert);
 	assert_committed(&h);
+	/* Proven, and recorded as such before READY: the next boot takes the fast path. */
+	assert_int_equal(cred_state_of(&h), CRED_VALID);
 	harness_finish(&h);
 }
 
@@ -851,9 +906,51 @@ static void test_verify_refused_is_permanent(void **state)
 	h.settings.max_attempts = 1;
 	h.fake.connects[1] = (struct connect_step){TRANSPORT_FAIL_NOT_AUTHORIZED, 5};
 	assert_int_equal(harness_run(&h), PROV_RESULT_GAVE_UP);
-	/* Committed all the same; only the proof is missing. */
+	/* Committed all the same; only the proof is missing, and the next boot can tell. */
 	assert_true(state_file_exists(&h, "current/device.crt"));
 	assert_false(state_file_exists(&h, "pending"));
+	assert_int_equal(cred_state_of(&h), CRED_UNVERIFIED);
+	harness_finish(&h);
+}
+
+/*
+ * The boot after a refused (or interrupted) verify goes straight back to VERIFYING with the
+ * committed identity: no claim connection, no CSR, no second registration.
+ */
+static void test_unverified_identity_resumes_at_verify(void **state)
+{
+	struct harness h;
+	char *crt_before, *crt_after;
+
+	harness_init(&h);
+	h.cfg.verify = true;
+	h.settings.max_attempts = 1;
+	h.fake.connects[1] = (struct connect_step){TRANSPORT_FAIL_NOT_AUTHORIZED, 5};
+	assert_int_equal(harness_run(&h), PROV_RESULT_GAVE_UP);
+	crt_before = state_file(&h, "current/device.crt");
+
+	/* Still refused: still unverified, and still nothing but a connect was tried. */
+	harness_reboot(&h);
+	h.settings.max_attempts = 1;
+	h.start_verify = true;
+	h.fake.connects[0] = (struct connect_step){TRANSPORT_FAIL_NOT_AUTHORIZED, 5};
+	assert_int_equal(harness_run(&h), PROV_RESULT_GAVE_UP);
+	assert_string_equal(calls(&h), "connect " THING_NAME);
+	assert_int_equal(cred_state_of(&h), CRED_UNVERIFIED);
+
+	/* Activated in the cloud: the proof succeeds. A commit cut short left pending/. */
+	harness_reboot(&h);
+	h.start_verify = true;
+	assert_int_equal(store_pending_save_attempt(h.store, 1, 1, "left over"), 0);
+	assert_int_equal(harness_run(&h), PROV_RESULT_READY);
+	assert_string_equal(calls(&h), "connect " THING_NAME ",disconnect");
+	assert_int_equal(prov_requests_sent(h.prov), 0);
+	assert_int_equal(cred_state_of(&h), CRED_VALID);
+	crt_after = state_file(&h, "current/device.crt");
+	assert_string_equal(crt_before, crt_after);
+	assert_committed(&h);
+	free(crt_before);
+	free(crt_after);
 	harness_finish(&h);
 }
 
@@ -1444,6 +1541,7 @@ int main(void)
 	    cmocka_unit_test(test_happy_path),
 	    cmocka_unit_test(test_verify_connects_with_new_identity),
 	    cmocka_unit_test(test_verify_refused_is_permanent),
+	    cmocka_unit_test(test_unverified_identity_resumes_at_verify),
 	    cmocka_unit_test(test_transient_connect_failures_back_off),
 	    cmocka_unit_test(test_throttled_csr_is_retried),
 	    cmocka_unit_test(test_register_server_error_keeps_token),

@@ -537,6 +537,11 @@ static void check_identity_json(int gen_fd)
 	assert_int_equal(json_object_object_length(manifest), 2);
 	check_manifest_entry(manifest, gen_fd, STORE_KEY_FILE);
 	check_manifest_entry(manifest, gen_fd, STORE_CERT_FILE);
+	/* A commit proves nothing yet: store_mark_verified() is for after the connect. */
+	assert_true(json_object_object_get_ex(o, "verified", &devconf));
+	assert_true(json_object_is_type(devconf, json_type_boolean));
+	assert_false(json_object_get_boolean(devconf));
+	assert_false(json_object_object_get_ex(o, "verifiedAt", NULL));
 }
 
 static void check_identity_env(struct fixture *f, int gen_fd)
@@ -690,6 +695,47 @@ static void test_commit_interrupted(void **state)
 	check_identity_json(gen_fd);
 }
 
+/* Only identity.json changes, atomically, and the manifest still matches the files. */
+static void test_mark_verified(void **state)
+{
+	struct fixture *f = *state;
+	struct store_identity id = make_identity(f, CERT_ID_B);
+	_cleanup_free_ char *text = NULL, *gen_names = NULL;
+	_cleanup_(json_object_putp) json_object *o = NULL;
+	_cleanup_close_ int gen_fd = -1;
+	json_object *v;
+
+	assert_int_equal(store_mark_verified(f->store, CERT_ID_B, 1700000500000000), -ENOENT);
+	assert_int_equal(store_commit(f->store, &id), 0);
+	assert_int_equal(store_mark_verified(f->store, CERT_ID_A, 1700000500000000), -ESTALE);
+	assert_int_equal(store_mark_verified(f->store, "nope", 1700000500000000), -EINVAL);
+	assert_int_equal(store_mark_verified(NULL, CERT_ID_B, 1700000500000000), -EINVAL);
+	umask(077);
+	assert_int_equal(store_mark_verified(f->store, CERT_ID_B, 1700000500000000), 0);
+
+	gen_fd =
+	    openat(store_dirfd(f->store), STORE_CURRENT_LINK, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	assert_true(gen_fd >= 0);
+	gen_names = list_dir(gen_fd);
+	assert_string_equal(gen_names, "device.crt device.key identity.env identity.json");
+	assert_int_equal(mode_at(gen_fd, STORE_IDENTITY_JSON), 0644);
+	text = read_at(gen_fd, STORE_IDENTITY_JSON);
+	o = json_tokener_parse(text);
+	assert_non_null(o);
+	assert_true(json_object_object_get_ex(o, "verified", &v));
+	assert_true(json_object_is_type(v, json_type_boolean) && json_object_get_boolean(v));
+	assert_string_equal(json_str(o, "verifiedAt"), "2023-11-14T22:21:40Z");
+	assert_int_equal(json_int(o, "verifiedAtUsec"), 1700000500000000);
+	/* Everything else is as committed, the manifest included. */
+	assert_string_equal(json_str(o, "thingName"), "gw-1");
+	assert_int_equal(json_int(o, "provisionedAtUsec"), 1700000000123456);
+	assert_true(json_object_object_get_ex(o, "manifest", &v));
+	check_manifest_entry(v, gen_fd, STORE_KEY_FILE);
+	check_manifest_entry(v, gen_fd, STORE_CERT_FILE);
+	/* Idempotent: a second proof only moves the time. */
+	assert_int_equal(store_mark_verified(f->store, CERT_ID_B, 1700000600000000), 0);
+}
+
 static void test_commit_bad_args(void **state)
 {
 	struct fixture *f = *state;
@@ -730,6 +776,7 @@ int main(void)
 	    T(test_commit_umask0),
 	    T(test_commit_replaces_generation),
 	    T(test_commit_interrupted),
+	    T(test_mark_verified),
 	    T(test_commit_bad_args),
 	};
 

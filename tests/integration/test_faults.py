@@ -315,8 +315,9 @@ basicConstraints = critical,CA:FALSE
 """
 
 
-def future_claim(sim_dir, work, not_before):
-    """Reissue sim_dir/claim.crt for the same key, valid from not_before (a UTC datetime)."""
+def future_claim(sim_dir, work, not_before, out=None):
+    """Reissue sim_dir/claim.crt (or write out) for the same key, valid from not_before."""
+    sim_dir = pathlib.Path(sim_dir)
     work.mkdir()
     (work / "index.txt").write_text("")
     (work / "serial").write_text("1000\n")
@@ -326,7 +327,7 @@ def future_claim(sim_dir, work, not_before):
                     "-out", str(work / "claim.csr")], check=True, capture_output=True)
     subprocess.run(["openssl", "ca", "-batch", "-notext", "-config", str(work / "ca.cnf"),
                     "-cert", str(sim_dir / "ca.pem"), "-keyfile", str(sim_dir / "ca.key"),
-                    "-in", str(work / "claim.csr"), "-out", str(sim_dir / "claim.crt"),
+                    "-in", str(work / "claim.csr"), "-out", str(out or sim_dir / "claim.crt"),
                     "-extensions", "claim",
                     "-startdate", not_before.strftime("%y%m%d%H%M%SZ"),
                     "-enddate", "491231235959Z"], check=True, capture_output=True)

@@ -116,6 +116,51 @@ class MuteBroker:
                 c.close()
 
 
+class StallingProxy:
+    """Forwards the first `forward` TCP connections to the simulator; later ones are
+    accepted and then left hanging, as behind a dead NAT."""
+
+    def __init__(self, target_port, forward):
+        self.target_port = target_port
+        self.forward = forward
+        self.accepted = 0
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self._held = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self._held.append(conn)
+            if self.accepted > self.forward:
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self._held.append(upstream)
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def close(self):
+        self.sock.close()
+        for c in self._held:
+            with contextlib.suppress(OSError):
+                c.close()
+
+
 def snapshot(directory):
     """{name: bytes} of the files in directory ({} when it does not exist)."""
     try:
@@ -219,3 +264,40 @@ def test_stop_while_waiting(state, tmp_path, sim):
         assert json.loads((dev.current / "identity.json").read_text())["certificateId"] == \
             cert_id
 
+
+
+def test_stop_while_verifying(tmp_path, sim):
+    """Committed, but the connect with the new certificate hangs: a stop keeps the committed
+    identity (no READY now); the next start finds it valid and is ready at once."""
+    with contextlib.closing(StallingProxy(sim.port, forward=1)) as proxy:
+        dev = Device(tmp_path / "dev", sim, port=proxy.port, extra=PATIENT)
+        proc = dev.start()
+        try:
+            assert wait_for(lambda: "-> verifying" in daemon_log(dev) and proxy.accepted == 2,
+                            timeout=20), daemon_log(dev)
+            time.sleep(0.2)
+            assert proc.poll() is None, daemon_log(dev)
+            committed = snapshot(dev.current)
+            proc.send_signal(signal.SIGTERM)
+            rc, log = finish(dev, proc, timeout=5)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+    assert rc == 0, log
+    assert "STOPPING=1" in "\n".join(dev.listener.messages).split("\n")
+    assert not dev.listener.ready
+    assert {"device.key", "device.crt", "identity.json", "identity.env"} <= set(committed)
+    assert snapshot(dev.current) == committed
+    assert not (dev.state_dir / "pending").exists()
+    assert leftovers(dev.state_dir) == []
+
+    dev.settings["port"] = sim.port
+    dev.write_config()
+    rc, log, notify = dev.run(timeout=30)
+    assert rc == 0, log
+    assert notify.ready
+    assert "Already provisioned as thing 'gw-GW-0001'" in log
+    assert snapshot(dev.current) == committed
+    assert list(sim.things()) == ["gw-GW-0001"]
+    assert len(sim.certificates(status="ACTIVE")) == 1

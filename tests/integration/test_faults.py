@@ -169,6 +169,12 @@ MATRIX = {
         ["reject:register:1:403:AccessDeniedException:Denied by the hook"], FAST,
         [rf"<3>{REGISTER} rejected by AWS IoT: 403 AccessDeniedException: Denied by the hook"],
         {CSR: 1, REGISTER: 2}, 1, (0,)),
+    "register-denied-twice-logged-once": (
+        ["reject:register:2:403:AccessDeniedException:Denied by the hook"], FAST,
+        [rf"<3>{REGISTER} rejected by AWS IoT: 403 AccessDeniedException: Denied by the hook\. "
+         r"\S",  # with the likely fix
+         rf"<5>{REGISTER} rejected by AWS IoT: 403 AccessDeniedException: Denied by the hook"],
+        {CSR: 1, REGISTER: 3}, 2, (0,)),
 }
 
 
@@ -294,6 +300,45 @@ def test_refused_token_restarts_with_the_same_key(variant, tmp_path):
         active = sim.certificates(status="ACTIVE")
         identity = json.loads((dev.current / "identity.json").read_text())
         assert [c["certificateId"] for c in active] == [identity["certificateId"]]
+
+
+@pytest.mark.parametrize("issued", ["two-hours-ago", "in-the-future"])
+def test_stale_token_at_restart_requests_a_new_certificate(issued, tmp_path, sim):
+    """Power cut with a token on disk; at the next start it is too old (or its age is
+    unknown: issued 'in the future' after the clock was set back): new CSR, same key."""
+    sim.set_faults(["disconnect:register"])
+    dev = Device(tmp_path / "dev", sim,
+                 extra=FAST.replace("base = 1; cap = 2", "base = 30; cap = 60"))
+    proc = dev.start()
+    try:
+        cert = dev.state_dir / "pending" / "certificate.json"
+        assert wait_for(lambda: "-> backoff" in daemon_log(dev), timeout=20), daemon_log(dev)
+        assert cert.exists()
+        proc.send_signal(signal.SIGKILL)
+        rc, log = finish(dev, proc, timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == -signal.SIGKILL
+    key = (dev.state_dir / "pending" / "device.key").read_bytes()
+    record = json.loads(cert.read_text())
+    hour = 3600 * 10**6
+    record["issuedAtUsec"] = time.time_ns() // 1000 + (hour if issued == "in-the-future"
+                                                        else -2 * hour)
+    cert.write_text(json.dumps(record))
+    sim.clear_faults()
+    dev.settings["extra"] = FAST
+    dev.write_config()
+
+    rc, log, notify = dev.run(timeout=60)
+    assert_provisioned(dev, sim, rc, log, notify, orphans=(1,))
+    assert (f"The ownership token of certificate {record['certificateId']} is too old "
+            "(token_max_age), requesting a new certificate with the same key") in log
+    assert (dev.current / "device.key").read_bytes() == key
+    assert "Generated a new" not in log
+    identity = json.loads((dev.current / "identity.json").read_text())
+    assert identity["certificateId"] != record["certificateId"]
+    assert requests(sim, CSR) == 2 and requests(sim, REGISTER) == 2, sim.stats()
 
 
 CA_CONFIG = """\

@@ -407,6 +407,9 @@ static int tcp_errno(const struct mqtt_conn *conn, int err)
 static void fail_before_connack(struct mqtt_conn *conn, int rc, int err)
 {
 	note_tls_state(conn);
+	/* A reset seen by OpenSSL's first write is the cause; later calls only find ENOTCONN. */
+	if (conn->early_errno > 0 && (err == 0 || err == ENOTCONN))
+		err = conn->early_errno;
 	/* Only an established connection can be reset: TCP was up, TLS went wrong. */
 	if (err == ECONNRESET || err == EPIPE || conn->early_errno == ECONNRESET ||
 	    conn->early_errno == EPIPE)

@@ -6,13 +6,16 @@ decision 7 prescribes; the log names the step and the cause; the simulator's req
 counts prove how often the daemon asked. Short timeouts and backoff keep each case fast.
 """
 
+import contextlib
 import datetime
 import json
-import os
 import pathlib
 import re
 import signal
+import socket
+import struct
 import subprocess
+import threading
 import time
 
 import pytest
@@ -260,6 +263,78 @@ def test_three_devices_against_a_throttled_account(tmp_path, sim):
     assert logged == throttled, (logged, stats)
     # Every 429 was followed by one more request, and nothing else was retried.
     assert requests(sim, CSR) + requests(sim, REGISTER) == 6 + throttled, stats
+
+
+class Proxy:
+    """A TCP relay to the simulator whose connections (numbered from 1) can misbehave:
+    faults[n] = "stall" accepts connection n and then forwards nothing, as behind a dead
+    NAT; "reset" closes it at once with a TCP reset."""
+
+    def __init__(self, target_port, faults):
+        self.target_port = target_port
+        self.faults = dict(faults)
+        self.accepted = 0
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self._held = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            fault = self.faults.get(self.accepted)
+            if fault == "reset":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+                continue
+            self._held.append(conn)
+            if fault == "stall":
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self._held.append(upstream)
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def close(self):
+        self.sock.close()
+        for c in self._held:
+            with contextlib.suppress(OSError):
+                c.close()
+
+
+@pytest.mark.parametrize("fault", ["stall", "reset"])
+def test_network_fault_on_first_connect(fault, tmp_path, sim):
+    """The first connection meets a black hole (no TLS answer) or a TCP reset: retried."""
+    with contextlib.closing(Proxy(sim.port, {1: fault})) as proxy:
+        dev = Device(tmp_path / "dev", sim, port=proxy.port,
+                     extra=FAST.replace("connect = 3", "connect = 1"))
+        rc, log, notify = dev.run(timeout=60)
+        assert proxy.accepted == 3  # the stalled or reset one, the claim, the verify
+    assert_provisioned(dev, sim, rc, log, notify)
+    if fault == "stall":
+        assert re.search(rf"Connect: no answer from localhost:{proxy.port} within 1 s", log), log
+        assert any(s.startswith(f"Waiting for network: no answer from localhost:{proxy.port}")
+                   for s in notify.assignments("STATUS")), notify.messages
+    else:
+        assert re.search(rf"Connect: localhost:{proxy.port}: (TLS handshake|TCP connection) "
+                         r"failed \(Connection reset by peer\)", log), log
+    assert log.count("Retrying in") == 1
+    assert claim_connections(sim) == 1
+    assert requests(sim, CSR) == 1 and requests(sim, REGISTER) == 1
 
 
 def pending_key_when_held(dev, proc):

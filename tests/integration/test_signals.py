@@ -17,8 +17,8 @@ import time
 import pytest
 
 from conftest import Device, wait_for
-from test_faults import (CSR, REGISTER, assert_provisioned, daemon_log, finish, future_claim,
-                         requests, utc_in)
+from test_faults import (CSR, REGISTER, Proxy, assert_provisioned, daemon_log, finish,
+                         future_claim, requests, utc_in)
 
 # Deadlines far beyond the time a test takes: the daemon must still be waiting at the signal.
 PATIENT = ("timeouts = { connect = 60; response = 60; };\n"
@@ -112,51 +112,6 @@ class MuteBroker:
     def close(self):
         self.sock.close()
         for c in self._conns:
-            with contextlib.suppress(OSError):
-                c.close()
-
-
-class StallingProxy:
-    """Forwards the first `forward` TCP connections to the simulator; later ones are
-    accepted and then left hanging, as behind a dead NAT."""
-
-    def __init__(self, target_port, forward):
-        self.target_port = target_port
-        self.forward = forward
-        self.accepted = 0
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self._held = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    @staticmethod
-    def _pump(src, dst):
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            self._held.append(conn)
-            if self.accepted > self.forward:
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            self._held.append(upstream)
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def close(self):
-        self.sock.close()
-        for c in self._held:
             with contextlib.suppress(OSError):
                 c.close()
 
@@ -269,7 +224,7 @@ def test_stop_while_waiting(state, tmp_path, sim):
 def test_stop_while_verifying(tmp_path, sim):
     """Committed, but the connect with the new certificate hangs: a stop keeps the committed
     identity (no READY now); the next start finds it valid and is ready at once."""
-    with contextlib.closing(StallingProxy(sim.port, forward=1)) as proxy:
+    with contextlib.closing(Proxy(sim.port, {2: "stall"})) as proxy:
         dev = Device(tmp_path / "dev", sim, port=proxy.port, extra=PATIENT)
         proc = dev.start()
         try:

@@ -489,7 +489,7 @@ static void on_disconnect(struct mosquitto *mosq, void *userdata, int rc)
 	struct mqtt_conn *conn = userdata;
 	int err = errno;
 
-	if (!conn->owner)
+	if (!conn->owner || conn->graceful)
 		return;
 	fail_with_rc(conn, rc == MOSQ_ERR_SUCCESS ? MOSQ_ERR_CONN_LOST : rc, err);
 }
@@ -986,8 +986,12 @@ static void mqtt_disconnect(void *impl)
 	cancel_pending(m);
 	if (!conn)
 		return;
-	if (conn->connack_seen && mosquitto_disconnect(conn->mosq) == MOSQ_ERR_SUCCESS)
+	if (conn->connack_seen) {
+		/* libmosquitto may report our own DISCONNECT from inside the call. */
 		conn->graceful = true;
+		if (mosquitto_disconnect(conn->mosq) != MOSQ_ERR_SUCCESS)
+			conn->graceful = false;
+	}
 	conn_detach(conn);
 }
 

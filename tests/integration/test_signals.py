@@ -195,6 +195,8 @@ def test_stop_while_waiting(state, tmp_path, sim):
     assert not dev.listener.ready
     assert "the pending attempt is kept for the next start" in log
     assert f"Received {signal.strsignal(sig)}" in log
+    # The daemon closed the connection itself: nothing may blame the server.
+    assert "closed by the server" not in log, log
     # pending/ as it was: the key (and, once issued, the certificate and token) kept.
     assert "device.key" in before
     assert (dev.state_dir / "pending" / "certificate.json").exists() == \
@@ -223,7 +225,8 @@ def test_stop_while_waiting(state, tmp_path, sim):
 
 def test_stop_while_verifying(tmp_path, sim):
     """Committed, but the connect with the new certificate hangs: a stop keeps the committed
-    identity (no READY now); the next start finds it valid and is ready at once."""
+    identity, marked unverified (no READY now); the next start verifies it, without
+    provisioning again, and is ready."""
     with contextlib.closing(Proxy(sim.port, {2: "stall"})) as proxy:
         dev = Device(tmp_path / "dev", sim, port=proxy.port, extra=PATIENT)
         proc = dev.start()
@@ -242,8 +245,10 @@ def test_stop_while_verifying(tmp_path, sim):
     assert rc == 0, log
     assert "STOPPING=1" in "\n".join(dev.listener.messages).split("\n")
     assert not dev.listener.ready
+    assert "closed by the server" not in log, log
     assert {"device.key", "device.crt", "identity.json", "identity.env"} <= set(committed)
     assert snapshot(dev.current) == committed
+    assert json.loads(committed["identity.json"])["verified"] is False
     assert not (dev.state_dir / "pending").exists()
     assert leftovers(dev.state_dir) == []
 
@@ -252,7 +257,12 @@ def test_stop_while_verifying(tmp_path, sim):
     rc, log, notify = dev.run(timeout=30)
     assert rc == 0, log
     assert notify.ready
-    assert "Already provisioned as thing 'gw-GW-0001'" in log
-    assert snapshot(dev.current) == committed
+    assert "(thing 'gw-GW-0001') was saved but never verified, verifying it now" in log
+    after = snapshot(dev.current)
+    for name in ("device.key", "device.crt", "identity.env"):
+        assert after[name] == committed[name], name
+    assert json.loads(after["identity.json"])["verified"] is True
+    assert requests(sim, CSR) == 1 and requests(sim, REGISTER) == 1, sim.stats()
     assert list(sim.things()) == ["gw-GW-0001"]
     assert len(sim.certificates(status="ACTIVE")) == 1
+    assert leftovers(dev.state_dir) == []

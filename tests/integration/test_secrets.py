@@ -249,33 +249,58 @@ GEN_MODES = {"device.key": 0o640, "device.crt": 0o644, "identity.json": 0o644,
 
 
 class ModeWatcher:
-    """Records the mode of every entry of pending/ seen while the daemon runs."""
+    """Records (type, mode) of every entry under the state directory while the daemon runs,
+    temporary files included."""
 
-    def __init__(self, pending):
-        self.pending = pending
+    def __init__(self, state_dir):
+        self.state_dir = state_dir
         self.seen = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    def _look(self):
+        for root, dirs, files in os.walk(self.state_dir):
+            for name in [".", *dirs, *files]:
+                path = os.path.join(root, name)
+                with contextlib.suppress(OSError):
+                    st = os.lstat(path)
+                    rel = os.path.normpath(os.path.relpath(path, self.state_dir))
+                    self.seen.setdefault(rel, set()).add(
+                        (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode)))
+
     def _run(self):
         while not self._stop.is_set():
-            with contextlib.suppress(OSError):
-                self.seen.setdefault(".", set()).add(stat.S_IMODE(os.lstat(self.pending)
-                                                                  .st_mode))
-                for name in os.listdir(self.pending):
-                    with contextlib.suppress(OSError):
-                        mode = stat.S_IMODE(os.lstat(self.pending / name).st_mode)
-                        self.seen.setdefault(name, set()).add(mode)
-            time.sleep(0.005)
+            self._look()
+            time.sleep(0.002)
 
     def stop(self):
         self._stop.set()
         self._thread.join()
+        self._look()
 
 
-def mode(path):
-    return stat.S_IMODE(os.lstat(path).st_mode)
+def final_name(name):
+    """A temporary file (".device.key.XXXXXX") is born with the mode of its final name."""
+    return re.sub(r"^\.(.+)\.[^.]+$", r"\1", name)
+
+
+def designed(rel):
+    """(type, mode) the design gives the state directory entry rel; None if it has none."""
+    parts = rel.split(os.sep)
+    if rel == ".":
+        return stat.S_IFDIR, 0o750
+    if parts == ["pending"]:
+        return stat.S_IFDIR, 0o700
+    if len(parts) == 1 and re.fullmatch(r"gen-[0-9a-f]{64}", parts[0]):
+        return stat.S_IFDIR, 0o750
+    if len(parts) == 1 and final_name(parts[0]) == "current":
+        return stat.S_IFLNK, None
+    if len(parts) == 2 and parts[0] == "pending" and final_name(parts[1]) in PENDING_MODES:
+        return stat.S_IFREG, PENDING_MODES[final_name(parts[1])]
+    if len(parts) == 2 and parts[0].startswith("gen-") and final_name(parts[1]) in GEN_MODES:
+        return stat.S_IFREG, GEN_MODES[final_name(parts[1])]
+    return None
 
 
 def test_designed_modes_under_umask_000(tmp_path, sim):
@@ -283,8 +308,8 @@ def test_designed_modes_under_umask_000(tmp_path, sim):
     sim.set_faults(["reject:csr:1:500:InternalFailureException:Internal failure",
                     "delay:register:800:1"])
     dev = Device(tmp_path / "dev", sim, extra=FAST)
-    assert not dev.state_dir.exists()
-    watcher = ModeWatcher(dev.state_dir / "pending")
+    assert not dev.state_dir.exists()  # created by the daemon
+    watcher = ModeWatcher(dev.state_dir)
     run = Run(dev, preexec_fn=lambda: os.umask(0))
     try:
         rc, text = run.wait()
@@ -292,22 +317,20 @@ def test_designed_modes_under_umask_000(tmp_path, sim):
         watcher.stop()
     assert rc == 0, text
 
-    seen = dict(watcher.seen)
-    assert seen.pop(".") == {0o700}
-    assert {"device.key", "request.csr", "certificate.json", "attempt.json"} <= set(seen), seen
-    for name, modes in seen.items():
-        # A temporary file (".device.key.XXXXXX") is born with the mode of its final name.
-        final = re.sub(r"^\.(.+)\.[^.]+$", r"\1", name)
-        assert final in PENDING_MODES, f"unexpected pending/{name}"
-        assert modes == {PENDING_MODES[final]}, (name, [oct(m) for m in modes])
-
-    assert mode(dev.state_dir) == 0o750
-    entries = sorted(os.listdir(dev.state_dir))
+    seen = watcher.seen
+    for name in ("device.key", "request.csr", "certificate.json", "attempt.json"):
+        assert os.path.join("pending", name) in seen, sorted(seen)
     gen = os.readlink(dev.current)
-    assert entries == sorted(["current", gen]), entries
-    assert mode(dev.state_dir / gen) == 0o750
-    files = sorted(os.listdir(dev.state_dir / gen))
-    assert files == sorted(GEN_MODES), files
-    for name, want in GEN_MODES.items():
-        assert mode(dev.state_dir / gen / name) == want, (name, oct(mode(dev.state_dir / gen /
-                                                                        name)))
+    for name in GEN_MODES:
+        assert os.path.join(gen, name) in seen, sorted(seen)
+    for rel, observed in sorted(seen.items()):
+        want = designed(rel)
+        assert want, f"unexpected entry '{rel}' in the state directory"
+        kind, mode = want
+        for got_kind, got_mode in observed:
+            assert got_kind == kind, (rel, got_kind)
+            assert mode is None or got_mode == mode, (rel, oct(got_mode), oct(mode))
+
+    # What is left: the state directory, current and one generation, nothing else.
+    assert sorted(os.listdir(dev.state_dir)) == sorted(["current", gen])
+    assert sorted(os.listdir(dev.state_dir / gen)) == sorted(GEN_MODES)

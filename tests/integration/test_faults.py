@@ -13,6 +13,7 @@ import pathlib
 import re
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import threading
@@ -172,6 +173,12 @@ MATRIX = {
         ["reject:register:1:403:AccessDeniedException:Denied by the hook"], FAST,
         [rf"<3>{REGISTER} rejected by AWS IoT: 403 AccessDeniedException: Denied by the hook"],
         {CSR: 1, REGISTER: 2}, 1, (0,)),
+    "token-refused-twice": (
+        ["reject:register:2:400:InvalidCertificateOwnershipToken:Token expired"], FAST,
+        [r"RegisterThing refused the ownership token \(400 InvalidCertificateOwnershipToken: "
+         r"Token expired\); requesting a new certificate with the same key",
+         rf"{REGISTER} rejected by AWS IoT: 400 InvalidCertificateOwnershipToken: Token expired"],
+        {CSR: 3, REGISTER: 3}, 1, (2,)),
     "register-denied-twice-logged-once": (
         ["reject:register:2:403:AccessDeniedException:Denied by the hook"], FAST,
         [rf"<3>{REGISTER} rejected by AWS IoT: 403 AccessDeniedException: Denied by the hook\. "
@@ -268,10 +275,17 @@ def test_three_devices_against_a_throttled_account(tmp_path, sim):
 class Proxy:
     """A TCP relay to the simulator whose connections (numbered from 1) can misbehave:
     faults[n] = "stall" accepts connection n and then forwards nothing, as behind a dead
-    NAT; "reset" closes it at once with a TCP reset."""
+    NAT; "reset" closes it at once with a TCP reset; "unavailable" completes TLS with the
+    simulator's server certificate and answers CONNECT with CONNACK 3, server unavailable."""
 
-    def __init__(self, target_port, faults):
+    def __init__(self, target_port, faults, sim_dir=None):
         self.target_port = target_port
+        if sim_dir:
+            d = pathlib.Path(sim_dir)
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(d / "server.pem", d / "server.key")
+            self.tls.load_verify_locations(d / "ca.pem")
+            self.tls.verify_mode = ssl.CERT_REQUIRED
         self.faults = dict(faults)
         self.accepted = 0
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -304,10 +318,21 @@ class Proxy:
             self._held.append(conn)
             if fault == "stall":
                 continue
+            if fault == "unavailable":
+                threading.Thread(target=self._unavailable, args=(conn,), daemon=True).start()
+                continue
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             self._held.append(upstream)
             for a, b in ((conn, upstream), (upstream, conn)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _unavailable(self, conn):
+        with contextlib.suppress(OSError):
+            tls = self.tls.wrap_socket(conn, server_side=True)
+            if tls.recv(1)[0] & 0xF0 == 0x10:  # CONNECT: answer before reading the rest
+                tls.sendall(b"\x20\x02\x00\x03")
+            time.sleep(0.2)
+            tls.close()
 
     def close(self):
         self.sock.close()
@@ -316,10 +341,11 @@ class Proxy:
                 c.close()
 
 
-@pytest.mark.parametrize("fault", ["stall", "reset"])
+@pytest.mark.parametrize("fault", ["stall", "reset", "unavailable"])
 def test_network_fault_on_first_connect(fault, tmp_path, sim):
-    """The first connection meets a black hole (no TLS answer) or a TCP reset: retried."""
-    with contextlib.closing(Proxy(sim.port, {1: fault})) as proxy:
+    """The first connection meets a black hole (no TLS answer), a TCP reset or a broker
+    that is up but unavailable (CONNACK 3): transient, retried."""
+    with contextlib.closing(Proxy(sim.port, {1: fault}, sim.dir)) as proxy:
         dev = Device(tmp_path / "dev", sim, port=proxy.port,
                      extra=FAST.replace("connect = 3", "connect = 1"))
         rc, log, notify = dev.run(timeout=60)
@@ -329,6 +355,9 @@ def test_network_fault_on_first_connect(fault, tmp_path, sim):
         assert re.search(rf"Connect: no answer from localhost:{proxy.port} within 1 s", log), log
         assert any(s.startswith(f"Waiting for network: no answer from localhost:{proxy.port}")
                    for s in notify.assignments("STATUS")), notify.messages
+    elif fault == "unavailable":
+        assert re.search(rf"Connect: localhost:{proxy.port}: server unavailable \(CONNACK 3\)",
+                         log), log
     else:
         assert re.search(rf"Connect: localhost:{proxy.port}: (TLS handshake|TCP connection) "
                          r"failed \(Connection reset by peer\)", log), log

@@ -74,6 +74,8 @@ struct prov {
 	sd_event_source *done_source;
 	bool connect_issued; /* a connect was started and not yet closed */
 	bool finished;
+	uint64_t last_connect_usec;                   /* CLOCK_BOOTTIME; 0 before the first */
+	char last_client_id[PROTO_CLIENT_ID_MAX + 1]; /* the client id it used */
 
 	struct proto_topics topics[_PROTO_OP_MAX];
 	struct store_pending pending; /* mirror of pending/: key, CSR, certificate, registration */
@@ -717,6 +719,8 @@ static void start_connect(struct prov *p, const struct transport_identity *id)
 		return;
 	}
 	p->connect_issued = true;
+	p->last_connect_usec = now_usec(CLOCK_BOOTTIME);
+	snprintf(p->last_client_id, sizeof(p->last_client_id), "%s", id->client_id);
 	r = p->transport.ops->connect(p->transport.impl, id);
 	if (r < 0)
 		transport_call_failed(p, state, r, "Starting the connection");
@@ -1132,6 +1136,19 @@ static const char *verify_client_id(const struct prov *p)
 	return thing_name(p) ? thing_name(p) : p->settings.client_id;
 }
 
+/* How long a CONNECT as client_id must wait: AWS IoT takes one per second per client id. */
+static uint64_t connect_pacing(const struct prov *p, const char *client_id)
+{
+	uint64_t gap = p->settings.retry_base_usec < RECONNECT_MIN_USEC
+	                   ? p->settings.retry_base_usec
+	                   : RECONNECT_MIN_USEC;
+	uint64_t since = now_usec(CLOCK_BOOTTIME) - p->last_connect_usec;
+
+	if (p->last_connect_usec == 0 || since >= gap || strcmp(p->last_client_id, client_id) != 0)
+		return 0;
+	return gap - since;
+}
+
 static void enter_verifying(struct prov *p)
 {
 	const struct config *c = p->settings.config;
@@ -1142,8 +1159,16 @@ static void enter_verifying(struct prov *p)
 	    .client_id = verify_client_id(p),
 	    .keepalive_sec = c->keepalive_sec,
 	};
+	uint64_t pause_usec = connect_pacing(p, id.client_id);
 	int r;
 
+	if (pause_usec > 0) {
+		/* The claim connection used this client id a moment ago (spec §5.6 step 9). */
+		log_debug("Connecting as '%s' again in %" PRIu64 " ms", id.client_id,
+		          pause_usec / USEC_PER_MSEC);
+		enter_backoff(p, pause_usec);
+		return;
+	}
 	set_state(p, PROV_VERIFYING);
 	r = verify_paths(p);
 	if (r < 0) {

@@ -288,6 +288,7 @@ class Proxy:
             self.tls.verify_mode = ssl.CERT_REQUIRED
         self.faults = dict(faults)
         self.accepted = 0
+        self.accept_times = []  # time.monotonic() of each accepted connection
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
@@ -309,6 +310,7 @@ class Proxy:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            self.accept_times.append(time.monotonic())
             self.accepted += 1
             fault = self.faults.get(self.accepted)
             if fault == "reset":
@@ -364,6 +366,23 @@ def test_network_fault_on_first_connect(fault, tmp_path, sim):
     assert log.count("Retrying in") == 1
     assert claim_connections(sim) == 1
     assert requests(sim, CSR) == 1 and requests(sim, REGISTER) == 1
+
+
+def test_one_connect_per_second_per_client_id(tmp_path, sim):
+    """AWS IoT allows one CONNECT per second per client id (spec §3.1, §5.6 step 9): the
+    verify connection, under the thing name, which here is also the claim's client id,
+    waits until a second has passed since the claim connection."""
+    with contextlib.closing(Proxy(sim.port, {})) as proxy:
+        dev = Device(tmp_path / "dev", sim, port=proxy.port, extra=FAST)
+        rc, log, notify = dev.run(timeout=30)
+        times = list(proxy.accept_times)
+    assert_provisioned(dev, sim, rc, log, notify)
+    assert "Connecting to localhost:%d as 'gw-GW-0001'" % proxy.port in log
+    assert "Verifying the new certificate: connecting to localhost:%d as 'gw-GW-0001'" \
+        % proxy.port in log
+    assert len(times) == 2, times
+    # Accept times stand for the CONNECTs: both follow one TLS handshake on loopback.
+    assert times[1] - times[0] >= 0.95, times[1] - times[0]
 
 
 def pending_key_when_held(dev, proc):

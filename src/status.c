@@ -145,30 +145,38 @@ static json_object *pending_status(int dirfd, int64_t now)
 	return o;
 }
 
+/* For printing: "%s" with NULL is undefined behaviour, and a release build rejects it. */
+static const char *text_of(json_object *o, const char *key)
+{
+	const char *s = get_string(o, key);
+
+	return s ? s : "unknown";
+}
+
 static void print_text(FILE *out, const char *state_dir, json_object *identity,
                        json_object *pending)
 {
 	char when[64], age[64];
 
 	fprintf(out, "State directory: %s\n", state_dir);
-	fprintf(out, "Identity:        %s", get_string(identity, "state"));
+	fprintf(out, "Identity:        %s", text_of(identity, "state"));
 	if (get_string(identity, "reason"))
-		fprintf(out, " (%s)", get_string(identity, "reason"));
+		fprintf(out, " (%s)", text_of(identity, "reason"));
 	fputc('\n', out);
 	if (get_string(identity, "thingName")) {
 		format_time(get_int(identity, "certificateNotAfter"), when, sizeof(when));
-		fprintf(out, "  Thing name:    %s\n", get_string(identity, "thingName"));
-		fprintf(out, "  Certificate:   %s\n", get_string(identity, "certificateId"));
+		fprintf(out, "  Thing name:    %s\n", text_of(identity, "thingName"));
+		fprintf(out, "  Certificate:   %s\n", text_of(identity, "certificateId"));
 		fprintf(out, "  Expires:       %s\n", when);
-		fprintf(out, "  Provisioned:   %s\n", get_string(identity, "provisionedAt"));
-		fprintf(out, "  Endpoint:      %s (template %s)\n",
-		        get_string(identity, "endpoint"), get_string(identity, "template"));
+		fprintf(out, "  Provisioned:   %s\n", text_of(identity, "provisionedAt"));
+		fprintf(out, "  Endpoint:      %s (template %s)\n", text_of(identity, "endpoint"),
+		        text_of(identity, "template"));
 	}
 	if (!pending) {
 		fprintf(out, "Pending attempt: none\n");
 		return;
 	}
-	fprintf(out, "Pending attempt: %s\n", get_string(pending, "step"));
+	fprintf(out, "Pending attempt: %s\n", text_of(pending, "step"));
 	if (get_int(pending, "attempt")) {
 		format_age(get_int(pending, "ageSeconds"), age, sizeof(age));
 		fprintf(out, "  Attempt:       %" PRId64 ", started %s\n",
@@ -176,11 +184,11 @@ static void print_text(FILE *out, const char *state_dir, json_object *identity,
 	}
 	if (get_string(pending, "certificateId")) {
 		format_age(get_int(pending, "tokenAgeSeconds"), age, sizeof(age));
-		fprintf(out, "  Certificate:   %s (issued %s)\n",
-		        get_string(pending, "certificateId"), age);
+		fprintf(out, "  Certificate:   %s (issued %s)\n", text_of(pending, "certificateId"),
+		        age);
 	}
 	if (get_string(pending, "lastError"))
-		fprintf(out, "  Last error:    %s\n", get_string(pending, "lastError"));
+		fprintf(out, "  Last error:    %s\n", text_of(pending, "lastError"));
 }
 
 int status_run(const char *state_dir, bool json, FILE *out)

@@ -1530,12 +1530,21 @@ int prov_start_verify(struct prov *p, const char *thing_name, const char *certif
 	return 0;
 }
 
+/* What a stop leaves for the next start, in words for the log. */
+static const char *left_for_next_start(const struct prov *p)
+{
+	if (p->committed)
+		return "the saved identity is verified at the next start";
+	if (p->have_pending)
+		return "the pending attempt is kept for the next start";
+	return "nothing was started";
+}
+
 void prov_cancel(struct prov *p)
 {
 	if (!p || p->finished)
 		return;
-	log_info("Stopping; %s", p->have_pending ? "the pending attempt is kept for the next start"
-	                                         : "nothing was started");
+	log_info("Stopping; %s", left_for_next_start(p));
 	finish(p, PROV_RESULT_CANCELLED);
 }
 

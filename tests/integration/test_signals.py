@@ -246,6 +246,7 @@ def test_stop_while_verifying(tmp_path, sim):
     assert "STOPPING=1" in "\n".join(dev.listener.messages).split("\n")
     assert not dev.listener.ready
     assert "closed by the server" not in log, log
+    assert "Stopping; the saved identity is verified at the next start" in log
     assert {"device.key", "device.crt", "identity.json", "identity.env"} <= set(committed)
     assert snapshot(dev.current) == committed
     assert json.loads(committed["identity.json"])["verified"] is False

@@ -195,6 +195,12 @@ def test_no_secret_in_anything_written(scenario, tmp_path, sim):
     assert "BEGIN" not in text and "PRIVATE" not in text
     assert_no_secret(text, keys, tokens, f"the output of fleetprovd ({scenario})")
     assert_no_secret(status, keys, tokens, "fleetprovd status")
+    # Only device.key and pending/certificate.json may hold a secret; the rest is public.
+    for root, _, files in os.walk(dev.state_dir):
+        for name in files:
+            if name not in ("device.key", "certificate.json"):
+                path = os.path.join(root, name)
+                assert_no_secret(open(path).read(), keys, tokens, path)
 
 
 def test_no_secret_after_a_kill_and_resume(tmp_path, sim):

@@ -117,11 +117,12 @@ class Watcher:
         self._thread.start()
 
     def watch(self, dev):
-        self.devices.append(dev)
+        """Watch dev from now on (instead of the device before it)."""
+        self.devices = [dev]
 
     def _run(self):
         while not self._stop.is_set():
-            for dev in list(self.devices):
+            for dev in self.devices:
                 try:
                     current_snapshot(dev)
                 except Exception as e:  # noqa: BLE001 - any failure to read is a finding

@@ -438,6 +438,11 @@ static int run(const struct config *cfg)
 		return EXIT_FAILURE;
 	if (need == BOOT_READY)
 		return EXIT_SUCCESS;
+	if (need == BOOT_VERIFY) {
+		/* The thing name is the client id; no parameter source needs to work for that. */
+		settings = make_settings(cfg, &params, verify_only.thing_name, NULL);
+		return provision(store, &settings, &verify_only);
+	}
 
 	r = params_resolve(cfg, &params, err, sizeof(err));
 	if (r < 0) {
@@ -448,7 +453,7 @@ static int run(const struct config *cfg)
 	if (r < 0)
 		return r == -ENOMEM ? EXIT_FAILURE : EXIT_CONFIG;
 	settings = make_settings(cfg, &params, client_id, subject);
-	return provision(store, &settings, need == BOOT_VERIFY ? &verify_only : NULL);
+	return provision(store, &settings, NULL);
 }
 
 static int command_run(const struct config *cfg)

@@ -685,7 +685,10 @@ static void check_clock(struct prov *p)
 	if (!clock_is_behind(p, why, sizeof(why))) {
 		if (p->clock_wait_logged)
 			log_info("The clock is now plausible, continuing");
-		enter_connecting(p);
+		if (p->committed)
+			enter_verifying(p); /* a boot resuming an identity never verified */
+		else
+			enter_connecting(p);
 		return;
 	}
 	if (!p->clock_wait_logged) {
@@ -701,7 +704,8 @@ static void check_clock(struct prov *p)
 static void enter_clock_wait(struct prov *p)
 {
 	set_state(p, PROV_CLOCK_WAIT);
-	if (check_claim_files(p) < 0)
+	/* Verifying uses the new identity: the claim may already be gone from the device. */
+	if (!p->committed && check_claim_files(p) < 0)
 		return;
 	check_clock(p);
 }
@@ -1524,9 +1528,10 @@ int prov_start_verify(struct prov *p, const char *thing_name, const char *certif
 	if (!p->pending.registration.thing_name || !p->pending.certificate_id)
 		return -ENOMEM;
 	p->committed = true;
-	log_info("Thing '%s' (certificate %s) was saved but not yet verified", thing_name,
-	         certificate_id);
-	enter_verifying(p);
+	log_debug("Resuming at verification of thing '%s' (certificate %s)", thing_name,
+	          certificate_id);
+	/* Early in a boot the clock may not be set yet, and TLS needs it like a claim does. */
+	enter_clock_wait(p);
 	return 0;
 }
 

@@ -938,9 +938,20 @@ static void test_unverified_identity_resumes_at_verify(void **state)
 	assert_string_equal(calls(&h), "connect " THING_NAME);
 	assert_int_equal(cred_state_of(&h), CRED_UNVERIFIED);
 
+	/* Before the clock is set the proof waits too, and needs no claim to do so. */
+	harness_reboot(&h);
+	h.start_verify = true;
+	h.settings.clock_floor_sec = (int64_t)time(NULL) + 24 * 3600;
+	h.cfg.claim_certificate = "/nonexistent/claim.crt";
+	h.cancel_in_state = PROV_CLOCK_WAIT;
+	assert_int_equal(harness_run(&h), PROV_RESULT_CANCELLED);
+	assert_int_equal(h.fake.n_connect, 0);
+	assert_int_equal(cred_state_of(&h), CRED_UNVERIFIED);
+
 	/* Activated in the cloud: the proof succeeds. A commit cut short left pending/. */
 	harness_reboot(&h);
 	h.start_verify = true;
+	h.cfg.claim_certificate = "/nonexistent/claim.crt";
 	assert_int_equal(store_pending_save_attempt(h.store, 1, 1, "left over"), 0);
 	assert_int_equal(harness_run(&h), PROV_RESULT_READY);
 	assert_string_equal(calls(&h), "connect " THING_NAME ",disconnect");

@@ -25,17 +25,20 @@
  *    collected as it happens: an info callback on the SSL object (alerts, handshake
  *    progress, verify result), the state seen at each step, and the first OpenSSL error
  *    code in libmosquitto's log lines ("OpenSSL Error[0]: error:0A000086:...").
- *  - Its host name check (tls_insecure false) leaves OpenSSL's "unspecified" verify
- *    error; its log line "host name verification failed" says what happened.
- *  - MOSQ_OPT_SSL_CTX cannot be used: with MOSQ_OPT_SSL_CTX_WITH_DEFAULTS its verify
- *    callback finds no client (tls_ex_index_mosq is only allocated when libmosquitto
- *    creates the context itself) and rejects every server (mosquitto #2463, fixed in
- *    2.0.15). So libmosquitto builds the context, and a scratch context loads the CA,
- *    certificate and key first, to tell an unreadable or mismatched file (a configuration
- *    problem) apart from a network one.
+ *  - MOSQ_OPT_SSL_CTX with MOSQ_OPT_SSL_CTX_WITH_DEFAULTS is unusable: its verify callback
+ *    finds no client (tls_ex_index_mosq is only allocated when libmosquitto creates the
+ *    context itself) and rejects every server (mosquitto #2463, fixed in 2.0.15). Without
+ *    the defaults, libmosquitto takes the context as it is and only makes the SSL object
+ *    (SNI included). So this file builds the context: CA, certificate and key are parsed
+ *    once per connection (letting libmosquitto load them as well doubled the CPU of a
+ *    connect: the key decoder alone is ~4 M instructions), an unreadable or mismatched
+ *    file is told apart from a network problem before anything is sent, and OpenSSL
+ *    itself checks the chain and the host name (X509_VERIFY_PARAM), with a precise verify
+ *    error. Its info callback is on the context, so it sees the first SSL_connect too.
  *  - Its sockets are not O_CLOEXEC; the connection socket is fixed up here.
  *  - mosquitto_new() sets SIGPIPE to SIG_IGN for the whole process.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <mosquitto.h>
@@ -43,6 +46,7 @@
 #include <netdb.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -77,9 +81,6 @@
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(SSL_CTX *, SSL_CTX_free)
 
-/* Where a libmosquitto SSL object keeps its struct mqtt_conn, for the info callback. */
-static int ssl_conn_index = -1;
-
 struct mqtt;
 
 /* One connection attempt: lives from connect until it fails or is closed. */
@@ -98,7 +99,7 @@ struct mqtt_conn {
 	bool tls_done;          /* TLS handshake finished */
 	bool cert_requested;    /* the server asked for our certificate */
 	bool connect_queued;    /* libmosquitto queued CONNECT (TCP connect did not fail) */
-	bool host_mismatch;     /* libmosquitto's host name check failed */
+	bool host_mismatch;     /* the server certificate does not name the endpoint */
 	int early_errno;        /* a TCP error OpenSSL hit inside mosquitto_connect_async */
 	long verify_result;     /* our verdict on the server certificate */
 	int alert_received;     /* fatal TLS alert description from the server, or -1 */
@@ -242,7 +243,8 @@ static void note_tls_state(struct mqtt_conn *conn)
 
 static void tls_info(const SSL *ssl, int where, int ret)
 {
-	struct mqtt_conn *conn = SSL_get_ex_data(ssl, ssl_conn_index);
+	/* One context per connection: its app data is the connection. */
+	struct mqtt_conn *conn = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
 	int state = SSL_get_state(ssl);
 
 	if (!conn)
@@ -364,7 +366,8 @@ static const char *cause_text(const struct mqtt_conn *conn, int rc, int err)
 
 static void fail_untrusted(struct mqtt_conn *conn)
 {
-	if (conn->host_mismatch)
+	if (conn->host_mismatch || conn->verify_result == X509_V_ERR_HOSTNAME_MISMATCH ||
+	    conn->verify_result == X509_V_ERR_IP_ADDRESS_MISMATCH)
 		conn_fail(conn, TRANSPORT_FAIL_TLS_UNTRUSTED,
 		          "host name verification failed: the server certificate does not name "
 		          "the endpoint");
@@ -722,12 +725,41 @@ static void tls_load_files(struct mqtt_conn *conn, SSL_CTX *ctx,
 	ERR_clear_error();
 }
 
+/* Who the server must be: OpenSSL checks the name (or address) in its certificate. */
+static int tls_expect_host(SSL_CTX *ctx, const char *host)
+{
+	X509_VERIFY_PARAM *param = SSL_CTX_get0_param(ctx);
+	unsigned char addr[sizeof(struct in6_addr)];
+
+	X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+	if (inet_pton(AF_INET, host, addr) == 1 || inet_pton(AF_INET6, host, addr) == 1)
+		return X509_VERIFY_PARAM_set1_ip_asc(param, host);
+	return X509_VERIFY_PARAM_set1_host(param, host, 0);
+}
+
+/* TLS 1.2+, peer verified against ca_file with the host name, ALPN on 443 (spec §3.3). */
+static bool tls_configure(SSL_CTX *ctx, struct mqtt_conn *conn, const struct transport_identity *id)
+{
+	static const unsigned char alpn[] = "\x0e" MQTT_ALPN;
+
+	SSL_CTX_set_app_data(ctx, conn);
+	SSL_CTX_set_info_callback(ctx, tls_info);
+	/* What libmosquitto's defaults set: no compression, buffers freed while idle. */
+	SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION);
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	return SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) == 1 &&
+	       tls_expect_host(ctx, id->host) == 1 &&
+	       (id->port != MQTT_ALPN_PORT ||
+	        SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn) - 1) == 0);
+}
+
 /*
- * Load CA, certificate and key into a scratch context first: libmosquitto only says
- * "TLS error" at connect time, and a wrong file is a configuration problem, not a network
- * one, so it must be told apart and named.
+ * The TLS context of one connection. The files are checked here, before anything is sent:
+ * libmosquitto would only say "TLS error" at connect time, and a wrong file is a
+ * configuration problem, not a network one, so it must be told apart and named.
  */
-static void tls_check_files(struct mqtt_conn *conn, const struct transport_identity *id)
+static SSL_CTX *tls_context_new(struct mqtt_conn *conn, const struct transport_identity *id)
 {
 	_cleanup_(SSL_CTX_freep) SSL_CTX *ctx = NULL;
 	const char *const what[] = {"CA file", "certificate", "key"};
@@ -739,20 +771,21 @@ static void tls_check_files(struct mqtt_conn *conn, const struct transport_ident
 		if (r < 0) {
 			conn_fail(conn, TRANSPORT_FAIL_CREDENTIALS, "cannot read %s '%s': %s",
 			          what[i], paths[i], strerror(-r));
-			return;
+			return NULL;
 		}
 	}
 	ctx = SSL_CTX_new(TLS_client_method());
-	if (!ctx) {
-		conn_fail(conn, TRANSPORT_FAIL_TLS, "cannot create a TLS context: %s",
+	if (!ctx || !tls_configure(ctx, conn, id)) {
+		conn_fail(conn, TRANSPORT_FAIL_TLS, "cannot set up a TLS context: %s",
 		          ossl_reason());
-		return;
+		return NULL;
 	}
 	tls_load_files(conn, ctx, id);
+	return conn->failed ? NULL : TAKE_PTR(ctx);
 }
 
-/* Options for AWS IoT: MQTT 3.1.1, TLS 1.2+, peer and host name verified, ALPN on 443. */
-static int conn_configure(struct mqtt_conn *conn, const struct transport_identity *id)
+/* Options for AWS IoT: MQTT 3.1.1 over the TLS context ctx (libmosquitto takes a reference). */
+static int conn_configure(struct mqtt_conn *conn, SSL_CTX *ctx)
 {
 	int rc;
 
@@ -767,29 +800,21 @@ static int conn_configure(struct mqtt_conn *conn, const struct transport_identit
 	if (rc == MOSQ_ERR_SUCCESS)
 		rc = mosquitto_int_option(conn->mosq, MOSQ_OPT_TCP_NODELAY, 1);
 	if (rc == MOSQ_ERR_SUCCESS)
-		rc = mosquitto_tls_set(conn->mosq, id->ca_file, NULL, id->cert_file, id->key_file,
-		                       NULL);
+		rc = mosquitto_int_option(conn->mosq, MOSQ_OPT_SSL_CTX_WITH_DEFAULTS, 0);
 	if (rc == MOSQ_ERR_SUCCESS)
-		rc = mosquitto_tls_opts_set(conn->mosq, SSL_VERIFY_PEER, "tlsv1.2", NULL);
-	if (rc == MOSQ_ERR_SUCCESS)
-		rc = mosquitto_tls_insecure_set(conn->mosq, false);
-	if (rc == MOSQ_ERR_SUCCESS && id->port == MQTT_ALPN_PORT)
-		rc = mosquitto_string_option(conn->mosq, MOSQ_OPT_TLS_ALPN, MQTT_ALPN);
+		rc = mosquitto_void_option(conn->mosq, MOSQ_OPT_SSL_CTX, ctx);
 	return mosq_to_errno(rc);
 }
 
 /* Follow the handshake that mosquitto_connect_async started. */
 static void conn_watch_tls(struct mqtt_conn *conn)
 {
-	SSL *ssl = mosquitto_ssl_get(conn->mosq);
 	struct sockaddr_storage peer;
 	socklen_t len = sizeof(peer);
 
 	if (getpeername(conn->fd, (struct sockaddr *)&peer, &len) == 0)
 		conn->tcp_up = true;
 	note_tls_state(conn);
-	if (ssl && SSL_set_ex_data(ssl, ssl_conn_index, conn) == 1)
-		SSL_set_info_callback(ssl, tls_info);
 }
 
 static int conn_add_sources(struct mqtt_conn *conn, sd_event *event)
@@ -897,8 +922,9 @@ static int conn_new(struct mqtt *m, const struct transport_identity *id, struct 
 static int mqtt_connect(void *impl, const struct transport_identity *id)
 {
 	struct mqtt *m = impl;
+	_cleanup_(SSL_CTX_freep) SSL_CTX *ctx = NULL;
 	struct mqtt_conn *conn;
-	int r;
+	int r = 0;
 
 	if (!identity_valid(id))
 		return -EINVAL;
@@ -909,8 +935,9 @@ static int mqtt_connect(void *impl, const struct transport_identity *id)
 	if (r < 0)
 		return r;
 	m->conn = conn;
-	tls_check_files(conn, id);
-	r = conn->failed ? 0 : conn_configure(conn, id);
+	ctx = tls_context_new(conn, id);
+	if (ctx)
+		r = conn_configure(conn, ctx);
 	if (r >= 0 && !conn->failed)
 		r = conn_start(conn, id, m->event);
 	if (r < 0 && !conn->failed) {
@@ -1026,9 +1053,6 @@ static int lib_init_once(void)
 		return 0;
 	if (mosquitto_lib_init() != MOSQ_ERR_SUCCESS)
 		return -EIO;
-	ssl_conn_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
-	if (ssl_conn_index < 0)
-		return -ENOMEM;
 	ready = true;
 	return 0;
 }

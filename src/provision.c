@@ -81,6 +81,8 @@ struct prov {
 	struct store_pending pending; /* mirror of pending/: key, CSR, certificate, registration */
 	bool have_pending;            /* key and CSR are durable */
 	bool committed;               /* current/ holds the new identity; only verify is left */
+	bool pair_checked;            /* this run saw the pending key and certificate match */
+	int64_t pair_not_after;       /* and the certificate's notAfter */
 	int64_t claim_not_before;
 	bool clock_wait_logged;
 
@@ -851,6 +853,7 @@ static void forget_certificate(struct prov *p)
 		                  store_path(p->store), STORE_PENDING_DIR, ERRNO_STR(r));
 	p->pending.certificate_id = mfree(p->pending.certificate_id);
 	p->pending.certificate_pem = mfree(p->pending.certificate_pem);
+	p->pair_checked = false;
 	if (p->pending.ownership_token) {
 		erase_and_free(p->pending.ownership_token, strlen(p->pending.ownership_token));
 		p->pending.ownership_token = NULL;
@@ -930,6 +933,8 @@ static void on_certificate_accepted(struct prov *p, const void *payload, size_t 
 	log_info("AWS IoT issued certificate %s", c.certificate_id);
 	p->pending.certificate_id = TAKE_PTR(c.certificate_id);
 	p->pending.certificate_pem = TAKE_PTR(c.certificate_pem);
+	p->pair_checked = true;
+	p->pair_not_after = not_after;
 	p->pending.ownership_token = TAKE_PTR(c.ownership_token);
 	p->pending.issued_at_usec = issued_at;
 	backoff_reset(&p->backoff);
@@ -1081,24 +1086,43 @@ static void discard_damaged_pending(struct prov *p, int r)
 	                ERRNO_STR(r));
 	store_pending_clear(&p->pending);
 	p->have_pending = false;
+	p->pair_checked = false;
 	(void)store_pending_remove(p->store);
 	fail_transient(p, "Commit: the pending identity was damaged");
 }
 
-static void enter_committing(struct prov *p)
+/*
+ * A pair checked when the certificate arrived is not decoded again (a key decode is a
+ * good part of the CPU of a provisioning); one resumed from pending/ is checked here.
+ */
+static int check_pending_pair(struct prov *p)
 {
 	int64_t not_before, not_after;
 	int r;
 
-	set_state(p, PROV_COMMITTING);
-	(void)notify_status("Saving the identity of thing %s", thing_name(p) ? thing_name(p) : "");
+	if (p->pair_checked)
+		return 0;
 	r = cred_verify_pair(p->pending.key_pem, p->pending.certificate_pem, 0, &not_before,
 	                     &not_after);
+	if (r < 0)
+		return r;
+	p->pair_checked = true;
+	p->pair_not_after = not_after;
+	return 0;
+}
+
+static void enter_committing(struct prov *p)
+{
+	int r;
+
+	set_state(p, PROV_COMMITTING);
+	(void)notify_status("Saving the identity of thing %s", thing_name(p) ? thing_name(p) : "");
+	r = check_pending_pair(p);
 	if (r < 0) {
 		discard_damaged_pending(p, r);
 		return;
 	}
-	r = commit_identity(p, not_after);
+	r = commit_identity(p, p->pair_not_after);
 	if (r < 0) {
 		fail_transient(p, "Failed to commit the new identity to '%s': %s",
 		               store_path(p->store), ERRNO_STR(r));

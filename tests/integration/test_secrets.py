@@ -164,14 +164,13 @@ def hold_and_status(run):
 
 # id: (faults, config, expected exit code, tokens at least)
 SCENARIOS = {
-    "success": (["delay:register:800:1"], FAST, 0, 1),
+    "success": (["delay:register:500:1"], FAST, 0, 1),
     "rejection": (["reject:register:1:403:AccessDeniedException:Denied",
-                   "delay:register:800"], FAST, 0, 1),
-    "timeout": (["drop:csr:1", "delay:register:800:1"],
-                FAST.replace("response = 2", "response = 1"), 0, 1),
+                   "delay:register:500"], FAST, 0, 1),
+    "timeout": (["drop:csr:1", "delay:register:500:1"], FAST, 0, 1),
     "restart-flow": (["reject:register:1:400:InvalidCertificateOwnershipToken:Token expired",
-                      "delay:register:800"], FAST, 0, 2),
-    "give-up": (["reject:register:1:403:AccessDeniedException:Denied", "delay:register:800"],
+                      "delay:register:500"], FAST, 0, 2),
+    "give-up": (["reject:register:1:403:AccessDeniedException:Denied", "delay:register:500"],
                 FAST.replace("max_attempts = 8", "max_attempts = 1"), 1, 1),
 }
 
@@ -312,7 +311,7 @@ def designed(rel):
 def test_designed_modes_under_umask_000(tmp_path, sim):
     # A failed attempt writes attempt.json; a late RegisterThing answer holds certificate.json.
     sim.set_faults(["reject:csr:1:500:InternalFailureException:Internal failure",
-                    "delay:register:800:1"])
+                    "delay:register:500:1"])
     dev = Device(tmp_path / "dev", sim, extra=FAST)
     assert not dev.state_dir.exists()  # created by the daemon
     watcher = ModeWatcher(dev.state_dir)

@@ -205,6 +205,11 @@ def test_stop_while_waiting(state, tmp_path, sim):
     assert not (dev.state_dir / "current").exists()
     assert leftovers(dev.state_dir) == []
     assert sim.stats().get("requests", {}) == requests_before  # nothing sent on the way out
+    if state == "clock-wait":
+        assert any(s.startswith("Waiting for the clock: ") and "claim certificate" in s
+                   for s in dev.listener.assignments("STATUS")), dev.listener.messages
+        assert "Connecting to" not in log
+        assert sim.stats().get("connections", {}).get("claim", 0) == 0
 
     reconfigure(dev)
     sim.clear_faults()

@@ -6,6 +6,7 @@ temporary file left behind, and the next start completes with the same private k
 """
 
 import contextlib
+import glob
 import json
 import os
 import signal
@@ -26,6 +27,11 @@ PATIENT = ("timeouts = { connect = 60; response = 60; };\n"
 # A transient failure then a long backoff (at least the 1 s reconnect floor).
 LONG_BACKOFF = PATIENT.replace("base = 1; cap = 2", "base = 30; cap = 60")
 FAST = PATIENT.replace("connect = 60; response = 60", "connect = 5; response = 5")
+# libfaketime (Debian's faketime) sets the wall clock of the daemon alone.
+LIBFAKETIME = next(iter(glob.glob("/usr/lib/*/faketime/libfaketime.so.1")), None)
+# Long before any build of fleetprovd; the monotonic clocks stay real.
+FAKE_CLOCK = {"LD_PRELOAD": LIBFAKETIME or "", "FAKETIME": "@2020-01-01 00:00:00",
+              "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
 MQTT_CONNECT = 0x10
 MQTT_CONNACK_ACCEPTED = b"\x20\x02\x00\x00"
 
@@ -133,9 +139,9 @@ def leftovers(state_dir):
     return out
 
 
-def arrange(state, tmp_path, sim, stack):
+def arrange_device(state, tmp_path, sim, stack):
     """A device that will wait in state; returns (device, log marker or predicate that says
-    it waits there, a function that points its config at the simulator)."""
+    it waits there, a function that points its config at the simulator, environment)."""
     def back_to_sim(dev):
         dev.settings["port"] = sim.port
         dev.settings["claim_certificate"] = sim.claim_cert
@@ -167,17 +173,26 @@ def arrange(state, tmp_path, sim, stack):
     raise AssertionError(state)
 
 
+def arrange(state, tmp_path, sim, stack):
+    if state == "clock-before-build":
+        if not LIBFAKETIME:
+            pytest.skip("faketime is not installed")
+        return (Device(tmp_path / "dev", sim, extra=PATIENT), "-> clock-wait",
+                lambda dev: None, FAKE_CLOCK)
+    return (*arrange_device(state, tmp_path, sim, stack), None)
+
+
 STATES = ["connecting", "subscribing", "csr-sent", "csr-sent-sigint", "register-sent",
-          "backoff", "clock-wait"]
+          "backoff", "clock-wait", "clock-before-build"]
 
 
 @pytest.mark.parametrize("state", STATES)
 def test_stop_while_waiting(state, tmp_path, sim):
     sig = signal.SIGINT if state.endswith("-sigint") else signal.SIGTERM
     with contextlib.ExitStack() as stack:
-        dev, marker, reconfigure = arrange(state, tmp_path, sim, stack)
+        dev, marker, reconfigure, env = arrange(state, tmp_path, sim, stack)
         waiting = marker if callable(marker) else lambda: marker in daemon_log(dev)
-        proc = dev.start()
+        proc = dev.start(env=env)
         try:
             assert wait_for(waiting, timeout=20), daemon_log(dev)
             time.sleep(0.2)  # settle in the wait: nothing may be half-written
@@ -205,8 +220,9 @@ def test_stop_while_waiting(state, tmp_path, sim):
     assert not (dev.state_dir / "current").exists()
     assert leftovers(dev.state_dir) == []
     assert sim.stats().get("requests", {}) == requests_before  # nothing sent on the way out
-    if state == "clock-wait":
-        assert any(s.startswith("Waiting for the clock: ") and "claim certificate" in s
+    if state.startswith("clock-"):
+        why = "claim certificate" if state == "clock-wait" else "before the build time"
+        assert any(s.startswith("Waiting for the clock: ") and why in s
                    for s in dev.listener.assignments("STATUS")), dev.listener.messages
         assert "Connecting to" not in log
         assert sim.stats().get("connections", {}).get("claim", 0) == 0

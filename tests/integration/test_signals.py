@@ -243,7 +243,6 @@ def test_stop_while_waiting(state, tmp_path, sim):
             cert_id
 
 
-
 def test_stop_while_verifying(tmp_path, sim):
     """Committed, but the connect with the new certificate hangs: a stop keeps the committed
     identity, marked unverified (no READY now); the next start verifies it, without

@@ -56,6 +56,14 @@
 #define RETRY_PERMANENT_DEFAULT    900
 #define RETRY_MAX_ATTEMPTS_MAX     INT32_MAX
 #define RETRY_MAX_ATTEMPTS_DEFAULT 0
+/*
+ * The first retry window after throttling (429): it should be the time the account's quota
+ * needs to serve every gateway that may start at once (gateways / TPS). The default serves a
+ * hundred gateways at RegisterThing's default quota of 10 TPS (spec §3.1).
+ */
+#define RETRY_THROTTLE_MIN     1
+#define RETRY_THROTTLE_MAX     86400
+#define RETRY_THROTTLE_DEFAULT 10
 
 /*
  * Ownership tokens live 1 hour (spec §1.3). Reusing one needs a margin for the RegisterThing
@@ -148,6 +156,7 @@ static const struct key_spec retry_keys[] = {
      .min = RETRY_PERMANENT_MIN,
      .max = RETRY_PERMANENT_MAX},
     {.name = "max_attempts", .kind = KIND_UINT, .min = 0, .max = RETRY_MAX_ATTEMPTS_MAX},
+    {.name = "throttle", .kind = KIND_UINT, .min = RETRY_THROTTLE_MIN, .max = RETRY_THROTTLE_MAX},
     {.name = NULL},
 };
 
@@ -905,6 +914,7 @@ static int parse_retry(const config_setting_t *root, struct config *c, struct co
 	take_uint(retry, "cap", &c->retry_cap_sec);
 	take_uint(retry, "permanent", &c->retry_permanent_sec);
 	take_uint(retry, "max_attempts", &c->max_attempts);
+	take_uint(retry, "throttle", &c->retry_throttle_sec);
 	if (c->retry_cap_sec >= c->retry_base_sec)
 		return 0;
 	if (member(retry, "cap"))
@@ -951,6 +961,7 @@ static struct config *config_new_defaults(const char *name)
 	    .retry_cap_sec = RETRY_CAP_DEFAULT,
 	    .retry_permanent_sec = RETRY_PERMANENT_DEFAULT,
 	    .max_attempts = RETRY_MAX_ATTEMPTS_DEFAULT,
+	    .retry_throttle_sec = RETRY_THROTTLE_DEFAULT,
 	    .token_max_age_sec = TOKEN_MAX_AGE_DEFAULT,
 	    .log_level = LOG_INFO,
 	};

@@ -351,6 +351,7 @@ static struct prov_settings make_settings(const struct config *cfg, const struct
 	    .retry_base_usec = cfg->retry_base_sec * USEC_PER_SEC,
 	    .retry_cap_usec = cfg->retry_cap_sec * USEC_PER_SEC,
 	    .retry_permanent_usec = cfg->retry_permanent_sec * USEC_PER_SEC,
+	    .retry_throttle_usec = cfg->retry_throttle_sec * USEC_PER_SEC,
 	    .token_max_age_usec = cfg->token_max_age_sec * USEC_PER_SEC,
 	    .max_attempts = cfg->max_attempts,
 	    .clock_floor_sec = BUILD_EPOCH,

@@ -38,6 +38,8 @@
 #define RECONNECT_MIN_USEC USEC_PER_SEC
 /* A user-supplied key or CSR: an RSA 4096 PKCS#8 PEM is about 3.3 KB. */
 #define USER_PEM_MAX (64u * 1024u)
+/* AWS IoT's "too many requests": the account's request rate is spent (spec §1.6). */
+#define AWS_STATUS_THROTTLED 429
 /* Tokens refused more than this in one run mean something else is wrong: back off then. */
 #define RESTART_FLOWS_AT_ONCE_MAX 1u
 /* Reasons and hints go to the log, STATUS= and attempt.json; four 256-byte topics must fit. */
@@ -86,7 +88,9 @@ struct prov {
 	int64_t claim_not_before;
 	bool clock_wait_logged;
 
-	struct backoff backoff;
+	struct backoff backoff;          /* transient failures */
+	struct backoff throttle_backoff; /* 429s: its first window is retry.throttle */
+	uint64_t throttle_until;         /* CLOCK_BOOTTIME end of the current 429 window, or 0 */
 	unsigned failures;      /* failed attempts in this run: max_attempts counts these */
 	unsigned restart_flows; /* ownership tokens refused in this run */
 	unsigned requests_sent;
@@ -335,26 +339,54 @@ static void log_failure(struct prov *p, const struct failure *f)
 		log_internal(level, 0, &lf, "%s", f->reason);
 }
 
-static uint64_t retry_delay(struct prov *p, enum error_class class)
+/*
+ * Throttling has its own window. A 429 says the account's quota is spent by a crowd of
+ * unknown size; what serves the crowd best is its retries spread evenly over the time the
+ * quota needs for all of it (gateways / TPS: retry.throttle). Windows growing from
+ * retry.base instead (1, 2, 4, 8 s) send a site of a few hundred gateways back in waves that
+ * are mostly throttled again. A retry throttled again inside the window was unlucky, not
+ * early: it tries again within what is left of the same window, so the crowd is through
+ * when the window ends. Throttled after the window's end, the crowd was larger than the
+ * window allowed for: a new window twice as long begins.
+ */
+static uint64_t throttle_delay(struct prov *p)
 {
-	uint64_t delay, floor;
+	uint64_t now = now_usec(CLOCK_BOOTTIME), window;
 
-	if (class == ERROR_PERMANENT) {
+	if (p->throttle_until > now)
+		return random_u64() % (p->throttle_until - now + 1);
+	window = backoff_ceiling(&p->throttle_backoff);
+	p->throttle_until = now + window;
+	return backoff_next(&p->throttle_backoff, random_u64());
+}
+
+/*
+ * Transient failures wait 1 s (every retry reconnects, and AWS IoT takes one CONNECT per
+ * second per client id; tests use shorter bases) plus a random part, full jitter over the
+ * backoff window. The second is added, not a lower bound: a bound would put every gateway
+ * whose draw fell below it on the same instant, the wave the jitter is there to prevent.
+ */
+static uint64_t retry_delay(struct prov *p, const struct failure *f)
+{
+	uint64_t floor = p->settings.retry_base_usec < RECONNECT_MIN_USEC
+	                     ? p->settings.retry_base_usec
+	                     : RECONNECT_MIN_USEC;
+
+	if (f->class == ERROR_PERMANENT) {
 		/* Jittered in [T/2, T]: a fleet healed by one fix in the cloud does not return at
 		 * once. */
 		uint64_t half = p->settings.retry_permanent_usec / 2;
 		return p->settings.retry_permanent_usec - random_u64() % (half + 1);
 	}
-	delay = backoff_next(&p->backoff, random_u64());
-	floor = p->settings.retry_base_usec < RECONNECT_MIN_USEC ? p->settings.retry_base_usec
-	                                                         : RECONNECT_MIN_USEC;
-	return delay < floor ? floor : delay;
+	if (f->aws_status == AWS_STATUS_THROTTLED)
+		return floor + throttle_delay(p);
+	return floor + backoff_next(&p->backoff, random_u64());
 }
 
 static void schedule_retry(struct prov *p, const struct failure *f)
 {
 	struct log_fields lf = fields(p, MESSAGE_ID_RETRYING);
-	uint64_t delay = retry_delay(p, f->class);
+	uint64_t delay = retry_delay(p, f);
 	char when[32];
 
 	lf.attempt = p->failures;
@@ -938,6 +970,8 @@ static void on_certificate_accepted(struct prov *p, const void *payload, size_t 
 	p->pending.ownership_token = TAKE_PTR(c.ownership_token);
 	p->pending.issued_at_usec = issued_at;
 	backoff_reset(&p->backoff);
+	backoff_reset(&p->throttle_backoff);
+	p->throttle_until = 0;
 	send_register(p);
 }
 
@@ -962,6 +996,8 @@ static void on_registered(struct prov *p, const void *payload, size_t len)
 	close_transport(p);
 	disarm_timer(p);
 	backoff_reset(&p->backoff);
+	backoff_reset(&p->throttle_backoff);
+	p->throttle_until = 0;
 	log_info("Registered as thing '%s'", thing_name(p) ? thing_name(p) : "");
 	enter_committing(p);
 }
@@ -1520,6 +1556,10 @@ int prov_new(sd_event *event, const struct prov_settings *settings, struct store
 	p->done = done;
 	p->userdata = userdata;
 	backoff_init(&p->backoff, settings->retry_base_usec, settings->retry_cap_usec);
+	backoff_init(&p->throttle_backoff,
+	             settings->retry_throttle_usec ? settings->retry_throttle_usec
+	                                           : settings->retry_base_usec,
+	             settings->retry_cap_usec);
 	r = proto_topics_init(PROTO_OP_CREATE_CERT_FROM_CSR, NULL,
 	                      &p->topics[PROTO_OP_CREATE_CERT_FROM_CSR]);
 	if (r < 0)

@@ -70,6 +70,7 @@ static void test_defaults(void **state)
 	assert_int_equal(c->retry_cap_sec, 300);
 	assert_int_equal(c->retry_permanent_sec, 900);
 	assert_int_equal(c->max_attempts, 0);
+	assert_int_equal(c->retry_throttle_sec, 10);
 	assert_int_equal(c->token_max_age_sec, 3300);
 	assert_int_equal(c->log_level, LOG_INFO);
 }
@@ -123,6 +124,7 @@ static void test_every_key(void **state)
 	assert_int_equal(c->retry_cap_sec, 86400);
 	assert_int_equal(c->retry_permanent_sec, 1);
 	assert_int_equal(c->max_attempts, 5);
+	assert_int_equal(c->retry_throttle_sec, 86400);
 	assert_int_equal(c->token_max_age_sec, 60);
 	assert_int_equal(c->log_level, LOG_DEBUG);
 }
@@ -223,6 +225,7 @@ static const struct bad_case bad_cases[] = {
      "must be an integer between 10 (retry.base) and 86400, got 5"},
     {BASE "retry = { base = 600; };", 3, "retry.base", "is larger than retry.cap (300"},
     {BASE "retry = { permanent = 0; };", 3, "retry.permanent", "between 1 and 86400, got 0"},
+    {BASE "retry = { throttle = 0; };", 3, "retry.throttle", "between 1 and 86400, got 0"},
     {BASE "retry = { max_attempts = -1; };", 3, "retry.max_attempts",
      "between 0 and 2147483647, got -1"},
     {BASE "token_max_age = 59;", 3, "token_max_age", "between 60 and 3540, got 59"},
@@ -527,6 +530,7 @@ static void test_example_uncommented(void **state)
 	assert_int_equal(c->retry_cap_sec, 300);
 	assert_int_equal(c->retry_permanent_sec, 900);
 	assert_int_equal(c->max_attempts, 0);
+	assert_int_equal(c->retry_throttle_sec, 10);
 	assert_int_equal(c->token_max_age_sec, 3300);
 	assert_int_equal(c->log_level, LOG_INFO);
 }

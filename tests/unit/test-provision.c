@@ -1005,6 +1005,77 @@ static void test_throttled_csr_is_retried(void **state)
 	harness_finish(&h);
 }
 
+/*
+ * A 429 waits 1 s (here the 200 ms base) plus a draw from retry.throttle, not from
+ * retry.base. Every retry here comes after the end of its window (the floor is longer than
+ * the window), so each 429 opens one twice as long: the retries come within 20, 40, 80 and
+ * 160 ms of the floor (plus 50 ms for a slow machine), where draws from the base windows
+ * (200, 400, 800, 1600 ms) would all be that short only about once in 600 runs.
+ */
+static void test_throttling_draws_from_its_own_window(void **state)
+{
+	const uint64_t floor = 200 * USEC_PER_MSEC, window = 20 * USEC_PER_MSEC,
+	               slack = 50 * USEC_PER_MSEC;
+	struct harness h;
+
+	harness_init(&h);
+	h.settings.retry_base_usec = floor;
+	h.settings.retry_cap_usec = 10 * USEC_PER_SEC;
+	h.settings.retry_throttle_usec = window;
+	for (unsigned i = 0; i < 4; i++)
+		h.fake.csr_replies[i] = (struct reply){REPLY_REJECT, 429, "ThrottlingException"};
+	assert_int_equal(harness_run(&h), PROV_RESULT_READY);
+	assert_int_equal(h.fake.n_csr, 5);
+	for (unsigned i = 0; i < 4; i++) {
+		uint64_t gap = gap_usec(&h, find_call(&h, "disconnect", i),
+		                        find_call(&h, "connect gw-test-1", i + 1));
+		assert_true(gap >= floor);
+		assert_true(gap <= floor + (window << i) + slack);
+	}
+	assert_committed(&h);
+	harness_finish(&h);
+}
+
+/*
+ * A retry throttled again inside its window tries again within what is left of that
+ * window, so the crowd is through when the window ends; only one throttled after the end
+ * opens a new, longer window. Checked against the recorded times of each rejection.
+ */
+static void test_throttled_again_inside_the_window(void **state)
+{
+	const uint64_t floor = 20 * USEC_PER_MSEC, window = 600 * USEC_PER_MSEC,
+	               slack = 50 * USEC_PER_MSEC, margin = 5 * USEC_PER_MSEC;
+	struct harness h;
+	uint64_t until, len = window;
+	unsigned inside = 0;
+
+	harness_init(&h);
+	h.settings.retry_base_usec = floor;
+	h.settings.retry_cap_usec = 10 * USEC_PER_SEC;
+	h.settings.retry_throttle_usec = window;
+	for (unsigned i = 0; i < 5; i++)
+		h.fake.csr_replies[i] = (struct reply){REPLY_REJECT, 429, "ThrottlingException"};
+	assert_int_equal(harness_run(&h), PROV_RESULT_READY);
+	until = h.fake.calls[find_call(&h, "disconnect", 0)].at_usec + window;
+	for (unsigned i = 1; i < 5; i++) {
+		uint64_t rejected = h.fake.calls[find_call(&h, "disconnect", i)].at_usec;
+		uint64_t next = h.fake.calls[find_call(&h, "connect gw-test-1", i + 1)].at_usec;
+
+		if (rejected + margin < until) {
+			assert_true(next <= until + floor + slack);
+			inside++;
+		} else if (rejected > until + margin) {
+			len *= 2;
+			until = rejected + len;
+			assert_true(next <= until + floor + slack);
+		}
+	}
+	/* Most retries land inside the first window; a run where none did checks nothing. */
+	assert_true(inside > 0);
+	assert_committed(&h);
+	harness_finish(&h);
+}
+
 static void test_register_server_error_keeps_token(void **state)
 {
 	struct harness h;
@@ -1555,6 +1626,8 @@ int main(void)
 	    cmocka_unit_test(test_unverified_identity_resumes_at_verify),
 	    cmocka_unit_test(test_transient_connect_failures_back_off),
 	    cmocka_unit_test(test_throttled_csr_is_retried),
+	    cmocka_unit_test(test_throttling_draws_from_its_own_window),
+	    cmocka_unit_test(test_throttled_again_inside_the_window),
 	    cmocka_unit_test(test_register_server_error_keeps_token),
 	    cmocka_unit_test(test_no_reply_times_out_and_retries),
 	    cmocka_unit_test(test_lost_connection_resumes_at_register),

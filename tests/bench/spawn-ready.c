@@ -1,8 +1,11 @@
 /*
  * Run one command the way systemd runs a Type=notify service and measure it:
  *   spawn-ready TIMEOUT_MS COMMAND [ARG...]
- * prints "ready_us exit_us cpu_us max_rss_kib exit_code": microseconds from the start to
- * READY=1 (-1 if it never came) and to the exit, CPU time, peak RSS.
+ * prints "ready_us exit_us cpu_us max_rss_kib exit_code anon_kib file_kib": microseconds
+ * from the start to READY=1 (-1 if it never came) and to the exit, CPU time, peak RSS, and
+ * the resident memory when READY=1 arrived split into the process's own (anonymous) pages
+ * and file pages (libraries, shared with every other process that maps them); -1 if the
+ * process was already gone.
  *
  * Why a separate program: the peak RSS the kernel reports for a child includes the memory
  * of the process it was forked from, up to its exec. Forked from the Python benchmark that
@@ -72,6 +75,23 @@ static bool read_ready(int fd)
 	return ready;
 }
 
+/* RssAnon and RssFile from /proc/PID/status, in KiB. */
+static void read_rss(pid_t pid, long *ret_anon, long *ret_file)
+{
+	char path[64], line[256];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		sscanf(line, "RssAnon: %ld kB", ret_anon);
+		sscanf(line, "RssFile: %ld kB", ret_file);
+	}
+	fclose(f);
+}
+
 static pid_t spawn(char **argv, const struct sockaddr_un *addr)
 {
 	char env[sizeof(addr->sun_path) + 1];
@@ -94,6 +114,7 @@ int main(int argc, char **argv)
 	struct sockaddr_un addr;
 	struct rusage usage;
 	long long start, ready_at = -1, exit_at, deadline;
+	long anon = -1, file = -1;
 	int sock, pidfd, status;
 	pid_t pid;
 
@@ -120,8 +141,10 @@ int main(int argc, char **argv)
 		long long left = deadline - now_us();
 
 		/* Read every datagram, READY=1 or not: a full queue would block the sender. */
-		if (read_ready(sock) && ready_at < 0)
+		if (read_ready(sock) && ready_at < 0) {
 			ready_at = now_us();
+			read_rss(pid, &anon, &file);
+		}
 		if (left <= 0) {
 			kill(pid, SIGKILL);
 			break;
@@ -139,9 +162,11 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	exit_at = now_us();
-	printf("%lld %lld %lld %ld %d\n", ready_at < 0 ? -1 : ready_at - start, exit_at - start,
+	printf("%lld %lld %lld %ld %d %ld %ld\n", ready_at < 0 ? -1 : ready_at - start,
+	       exit_at - start,
 	       (long long)(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1000000LL +
 	           usage.ru_utime.tv_usec + usage.ru_stime.tv_usec,
-	       usage.ru_maxrss, WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+	       usage.ru_maxrss, WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status),
+	       anon, file);
 	return 0;
 }

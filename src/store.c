@@ -476,6 +476,19 @@ static int unlink_certificate_files(int fd)
 	return r;
 }
 
+int store_pending_save_csr(struct store *s, const char *csr_pem)
+{
+	_cleanup_close_ int fd = -1;
+	int r;
+
+	if (!csr_pem)
+		return -EINVAL;
+	r = open_pending(s, true, &fd);
+	if (r < 0)
+		return r;
+	return store_write_atomic(fd, STORE_CSR_FILE, csr_pem, strlen(csr_pem), STORE_MODE_PUBLIC);
+}
+
 int store_pending_save_key(struct store *s, const char *key_pem, const char *csr_pem)
 {
 	_cleanup_close_ int fd = -1;
@@ -493,20 +506,7 @@ int store_pending_save_key(struct store *s, const char *key_pem, const char *csr
 	r = store_write_atomic(fd, STORE_KEY_FILE, key_pem, strlen(key_pem), STORE_MODE_KEY);
 	if (r < 0)
 		return r;
-	return store_write_atomic(fd, STORE_CSR_FILE, csr_pem, strlen(csr_pem), STORE_MODE_PUBLIC);
-}
-
-int store_pending_save_csr(struct store *s, const char *csr_pem)
-{
-	_cleanup_close_ int fd = -1;
-	int r;
-
-	if (!csr_pem)
-		return -EINVAL;
-	r = open_pending(s, true, &fd);
-	if (r < 0)
-		return r;
-	return store_write_atomic(fd, STORE_CSR_FILE, csr_pem, strlen(csr_pem), STORE_MODE_PUBLIC);
+	return store_pending_save_csr(s, csr_pem);
 }
 
 static json_object *certificate_json(const struct proto_cert_accepted *c, uint64_t issued_at_usec)

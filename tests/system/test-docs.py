@@ -42,6 +42,7 @@ SETTINGS = [
     ("retry.cap", ["integer", "300", "retry.base to 86400"]),
     ("retry.permanent", ["integer", "900", "1 to 86400"]),
     ("retry.max_attempts", ["integer", "0"]),
+    ("retry.throttle", ["integer", "10", "1 to 86400"]),
     ("token_max_age", ["integer", "3300", "60 to 3540"]),
     ("log_level", ["info"]),
 ]

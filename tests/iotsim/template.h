@@ -37,4 +37,4 @@ int tmpl_validate(json_object *tmpl, char *errbuf, size_t errsize);
  * AWS-style message in errbuf (the plugin sends it as a 400 rejection).
  */
 int tmpl_evaluate(json_object *tmpl, json_object *params, const char *certificate_id,
-		  json_object **ret, char *errbuf, size_t errsize);
+                  json_object **ret, char *errbuf, size_t errsize);

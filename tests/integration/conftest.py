@@ -130,8 +130,8 @@ class Device:
             )
         self.config_path.write_text(text)
 
-    def run(self, timeout=60, args=(), on_ready=None, wrapper=(), env=None):
-        """Run fleetprovd to completion; returns (exit code, stderr text, notify listener)."""
+    def _notify_env(self, env=None, on_ready=None):
+        """A fresh NOTIFY_SOCKET listener and the environment that points the daemon at it."""
         sock = self.root / "notify.sock"
         if sock.exists():
             sock.unlink()
@@ -140,11 +140,18 @@ class Device:
         full_env.pop("JOURNAL_STREAM", None)
         full_env["NOTIFY_SOCKET"] = str(sock)
         full_env.update(env or {})
+        return listener, full_env
+
+    def _command(self, args):
+        return [*shlex.split(os.environ.get("FLEETPROVD_WRAPPER", "")), FLEETPROVD,
+                "--config", str(self.config_path), "--log-level", "debug", *args]
+
+    def run(self, timeout=60, args=(), on_ready=None, wrapper=(), env=None):
+        """Run fleetprovd to completion; returns (exit code, stderr text, notify listener)."""
+        listener, full_env = self._notify_env(env, on_ready)
         try:
             proc = subprocess.run(
-                [*wrapper, *shlex.split(os.environ.get("FLEETPROVD_WRAPPER", "")), FLEETPROVD,
-                 "--config", str(self.config_path), "--log-level", "debug", *args],
-                env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+                [*wrapper, *self._command(args)], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
         finally:
             time.sleep(0.05)
             listener.close()
@@ -153,19 +160,9 @@ class Device:
 
     def start(self, args=(), env=None):
         """Start fleetprovd in the background; the caller waits or kills it."""
-        sock = self.root / "notify.sock"
-        if sock.exists():
-            sock.unlink()
-        self.listener = NotifyListener(sock)
-        full_env = dict(os.environ)
-        full_env.pop("JOURNAL_STREAM", None)
-        full_env["NOTIFY_SOCKET"] = str(sock)
-        full_env.update(env or {})
+        self.listener, full_env = self._notify_env(env)
         self.log_file = open(self.root / "daemon.log", "ab")
-        return subprocess.Popen(
-            [*shlex.split(os.environ.get("FLEETPROVD_WRAPPER", "")), FLEETPROVD,
-             "--config", str(self.config_path), "--log-level", "debug", *args],
-            env=full_env, stdout=subprocess.DEVNULL, stderr=self.log_file)
+        return subprocess.Popen(self._command(args), env=full_env, stdout=subprocess.DEVNULL, stderr=self.log_file)
 
     @property
     def current(self):

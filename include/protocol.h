@@ -5,6 +5,7 @@
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "params.h"
@@ -126,10 +127,13 @@ enum proto_error_class {
 	PROTO_ERROR_PERMANENT,    /* 400, 403, 404, ...: log once, retry slowly */
 };
 /*
- * 429 and 5xx: TRANSIENT. RegisterThing 4xx whose errorCode or errorMessage names the
+ * 429 and 5xx, or an errorCode starting Throttling, ServiceUnavailable or InternalFailure
+ * whatever the status: TRANSIENT. RegisterThing 4xx whose errorCode or errorMessage names the
  * ownership token: RESTART_FLOW. Other 4xx: PERMANENT. Any other status (not a documented
  * rejection): TRANSIENT.
  */
 enum proto_error_class proto_rejection_classify(enum proto_op op, const struct proto_rejection *r);
+/* AWS throttled the request: 429, or an errorCode starting Throttling (sent with 400). */
+bool proto_rejection_is_throttle(const struct proto_rejection *r);
 /* A one-sentence likely fix for an admin, never NULL. */
 const char *proto_rejection_hint(enum proto_op op, const struct proto_rejection *r);

@@ -734,9 +734,32 @@ static bool is_transient_status(int status)
 	return status == 429 || status >= 500 || status < 400;
 }
 
+static bool error_code_starts(const struct proto_rejection *r, const char *prefix)
+{
+	return r->error_code && strncmp(r->error_code, prefix, strlen(prefix)) == 0;
+}
+
+/*
+ * AWS's API reference lists ThrottlingException as HTTP 400 for CreateCertificateFromCsr
+ * and RegisterThing (docs/aws-behaviour.md §1), so the errorCode decides as much as the
+ * status. The prefixes also catch variants AWS may coin (ThrottlingException.Account).
+ */
+bool proto_rejection_is_throttle(const struct proto_rejection *r)
+{
+	return r && (r->status_code == 429 || error_code_starts(r, "Throttling"));
+}
+
+static bool is_transient_error_code(const struct proto_rejection *r)
+{
+	return error_code_starts(r, "Throttling") || error_code_starts(r, "ServiceUnavailable") ||
+	       error_code_starts(r, "InternalFailure");
+}
+
 /*
  * The table (design.md decision 7; the statusCodes AWS is known to send are in spec §1.6):
  *   429, 5xx                                            TRANSIENT
+ *   errorCode Throttling*, ServiceUnavailable*,         TRANSIENT, whatever the status
+ *   InternalFailure*                                    (AWS sends ThrottlingException as 400)
  *   RegisterThing 4xx naming the ownership token        RESTART_FLOW (expired or invalid)
  *   other 4xx                                           PERMANENT
  *   anything else (< 400 or > 599: not a documented     TRANSIENT: the service said no
@@ -748,7 +771,7 @@ enum proto_error_class proto_rejection_classify(enum proto_op op, const struct p
 {
 	if (!r)
 		return PROTO_ERROR_PERMANENT;
-	if (is_transient_status(r->status_code))
+	if (is_transient_status(r->status_code) || is_transient_error_code(r))
 		return PROTO_ERROR_TRANSIENT;
 	if (op == PROTO_OP_REGISTER_THING && mentions_token(r))
 		return PROTO_ERROR_RESTART_FLOW;
@@ -785,9 +808,9 @@ const char *proto_rejection_hint(enum proto_op op, const struct proto_rejection 
 {
 	if (!r)
 		return "no rejection details";
-	if (r->status_code == 429)
+	if (proto_rejection_is_throttle(r))
 		return "throttled by AWS: retrying with backoff";
-	if (r->status_code >= 500)
+	if (r->status_code >= 500 || is_transient_error_code(r))
 		return "AWS IoT had an internal error: retrying with backoff";
 	if (r->status_code < 400)
 		return "AWS IoT sent an unexpected status: retrying with backoff";

@@ -38,8 +38,6 @@
 #define RECONNECT_MIN_USEC USEC_PER_SEC
 /* A user-supplied key or CSR: an RSA 4096 PKCS#8 PEM is about 3.3 KB. */
 #define USER_PEM_MAX (64u * 1024u)
-/* AWS IoT's "too many requests": the account's request rate is spent (spec §1.6). */
-#define AWS_STATUS_THROTTLED 429
 /* Tokens refused more than this in one run mean something else is wrong: back off then. */
 #define RESTART_FLOWS_AT_ONCE_MAX 1u
 /* Reasons and hints go to the log, STATUS= and attempt.json; four 256-byte topics must fit. */
@@ -60,6 +58,7 @@ struct failure {
 	bool rejection;        /* an AWS "rejected" reply or a refused connection */
 	int aws_status;
 	const char *aws_error;
+	bool throttled; /* paced by the throttle window (429 or a Throttling* errorCode) */
 };
 
 struct prov {
@@ -378,7 +377,7 @@ static uint64_t retry_delay(struct prov *p, const struct failure *f)
 		uint64_t half = p->settings.retry_permanent_usec / 2;
 		return p->settings.retry_permanent_usec - random_u64() % (half + 1);
 	}
-	if (f->aws_status == AWS_STATUS_THROTTLED)
+	if (f->throttled)
 		return floor + throttle_delay(p);
 	return floor + backoff_next(&p->backoff, random_u64());
 }
@@ -1010,8 +1009,9 @@ static void describe_rejection(struct prov *p, enum proto_op op, const struct pr
 	snprintf(f->reason, sizeof(f->reason), "%s rejected by AWS IoT: %d %s: %s", step,
 	         rej->status_code, rej->error_code ? rej->error_code : "(no errorCode)",
 	         rej->error_message ? rej->error_message : "(no errorMessage)");
-	if (rej->status_code == 429)
-		snprintf(f->status, sizeof(f->status), "Throttled by AWS (429)");
+	if (f->throttled)
+		snprintf(f->status, sizeof(f->status), "Throttled by AWS (%d %s)", rej->status_code,
+		         rej->error_code ? rej->error_code : "");
 	else if (f->class == ERROR_TRANSIENT)
 		snprintf(f->status, sizeof(f->status), "AWS IoT error on %s (%d)", step,
 		         rej->status_code);
@@ -1064,6 +1064,7 @@ static void on_rejected(struct prov *p, enum proto_op op, const void *payload, s
 	f.class = class == PROTO_ERROR_PERMANENT ? ERROR_PERMANENT : ERROR_TRANSIENT;
 	f.aws_status = rej.status_code;
 	f.aws_error = rej.error_code;
+	f.throttled = proto_rejection_is_throttle(&rej);
 	describe_rejection(p, op, &rej, &f);
 	fail(p, &f);
 }

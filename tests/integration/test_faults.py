@@ -554,3 +554,36 @@ def test_every_fault_kind_is_covered():
           f"{', '.join(sorted(kinds & used))}; matrix cases: {len(MATRIX)}")
     assert len(kinds) >= 11, kinds
     assert kinds <= used, sorted(kinds - used)
+
+
+# AWS's API reference lists ThrottlingException as HTTP 400 for CreateCertificateFromCsr and
+# RegisterThing (docs/aws-behaviour.md §1): the errorCode, not only the status, says transient.
+TRANSIENT_BY_ERROR_CODE = {
+    "400-throttling": ("register", "400:ThrottlingException:Rate exceeded", True),
+    "400-throttling-variant": ("csr", "400:ThrottlingException.Account:Slow down", True),
+    "400-service-unavailable": ("register", "400:ServiceUnavailableException:Try later", False),
+    "400-internal-failure": ("csr", "400:InternalFailureException:Oops", False),
+}
+
+
+@pytest.mark.parametrize("case", list(TRANSIENT_BY_ERROR_CODE))
+def test_transient_error_code_under_a_4xx_status_is_retried_soon(case, tmp_path, sim):
+    """A 4xx whose errorCode is Throttling*, ServiceUnavailable* or InternalFailure* is
+    transient: retried on the fast schedule (throttle-paced for throttling), never logged as a
+    permanent refusal with a fix. retry.permanent is long, so the slow schedule cannot pass."""
+    op, rejection, throttled = TRANSIENT_BY_ERROR_CODE[case]
+    sim.set_faults([f"reject:{op}:2:{rejection}"])
+    config = FAST.replace("permanent = 2", "permanent = 600")
+    dev = Device(tmp_path / "dev", sim, extra=config)
+
+    rc, log, notify = dev.run(timeout=90)
+
+    assert_provisioned(dev, sim, rc, log, notify)
+    assert log.count("Retrying in") == 2, log
+    assert not re.search(r"<3>.*rejected by AWS IoT", log), log
+    statuses = [s for s in notify.assignments("STATUS") if re.search(r"retry \d+ in ", s)]
+    assert len(statuses) == 2, statuses
+    if throttled:
+        assert all(s.startswith("Throttled by AWS (400 ") for s in statuses), statuses
+    else:
+        assert all(s.startswith("AWS IoT error on ") for s in statuses), statuses

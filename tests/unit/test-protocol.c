@@ -921,6 +921,33 @@ static void test_classify_unusual_status(void **state)
 	assert_non_null(proto_rejection_hint(PROTO_OP_REGISTER_THING, NULL));
 }
 
+/* AWS sends ThrottlingException as 400 (docs/aws-behaviour.md §1): the errorCode decides too. */
+static void test_classify_by_error_code(void **state)
+{
+	static char *const transient[] = {"ThrottlingException", "ThrottlingException.Account",
+	                                  "ServiceUnavailableException",
+	                                  "InternalFailureException"};
+	static char *const permanent[] = {"InvalidRequestException", "Throttlin", "throttling",
+	                                  "AccessDeniedException"};
+	struct proto_rejection j = {.status_code = 400};
+
+	for (size_t i = 0; i < ARRAY_SIZE(transient); i++) {
+		j.error_code = transient[i];
+		assert_int_equal(proto_rejection_classify(PROTO_OP_CREATE_CERT_FROM_CSR, &j),
+		                 PROTO_ERROR_TRANSIENT);
+		assert_int_equal(proto_rejection_is_throttle(&j), i < 2);
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(permanent); i++) {
+		j.error_code = permanent[i];
+		assert_int_equal(proto_rejection_classify(PROTO_OP_REGISTER_THING, &j),
+		                 PROTO_ERROR_PERMANENT);
+		assert_false(proto_rejection_is_throttle(&j));
+	}
+	j = (struct proto_rejection){.status_code = 429};
+	assert_true(proto_rejection_is_throttle(&j));
+	assert_false(proto_rejection_is_throttle(NULL));
+}
+
 static void test_hint_never_echoes_peer_text(void **state)
 {
 	struct proto_rejection j = {
@@ -992,6 +1019,7 @@ int main(void)
 	    cmocka_unit_test(test_parse_rejection_bad_fixtures),
 	    cmocka_unit_test(test_classify_and_hint),
 	    cmocka_unit_test(test_classify_unusual_status),
+	    cmocka_unit_test(test_classify_by_error_code),
 	    cmocka_unit_test(test_hint_never_echoes_peer_text),
 	    cmocka_unit_test(test_clear_null_and_empty),
 	};

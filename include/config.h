@@ -70,7 +70,7 @@ struct config {
 	uint32_t retry_cap_sec;
 	uint32_t retry_permanent_sec; /* permanent rejections retry on this slow schedule */
 	uint32_t max_attempts;        /* 0 = forever */
-	uint32_t retry_throttle_sec;  /* throttling (429): the first window of its backoff */
+	uint32_t retry_throttle_sec;  /* throttling (429 or ThrottlingException): first window */
 	uint32_t token_max_age_sec; /* resume RegisterThing with a stored token younger than this */
 
 	int log_level; /* LOG_* from syslog.h */

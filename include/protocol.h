@@ -122,7 +122,7 @@ void proto_rejection_clear(struct proto_rejection *r);
 
 /* How a rejection should be handled (design.md decision 7). */
 enum proto_error_class {
-	PROTO_ERROR_TRANSIENT,    /* 429, 5xx: backoff and retry */
+	PROTO_ERROR_TRANSIENT,    /* 429, 5xx, Throttling*: backoff and retry */
 	PROTO_ERROR_RESTART_FLOW, /* ownership token invalid or expired: new CSR */
 	PROTO_ERROR_PERMANENT,    /* 400, 403, 404, ...: log once, retry slowly */
 };

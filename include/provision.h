@@ -52,7 +52,7 @@ struct prov_settings {
 	uint64_t retry_base_usec;
 	uint64_t retry_cap_usec;
 	uint64_t retry_permanent_usec;
-	uint64_t retry_throttle_usec; /* first backoff window after a 429; 0 = retry_base_usec */
+	uint64_t retry_throttle_usec; /* first window after throttling; 0 = retry_base_usec */
 	uint64_t token_max_age_usec;
 	unsigned max_attempts;   /* 0 = forever */
 	int64_t clock_floor_sec; /* wall clock must be past this (build time) */

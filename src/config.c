@@ -57,9 +57,9 @@
 #define RETRY_MAX_ATTEMPTS_MAX     INT32_MAX
 #define RETRY_MAX_ATTEMPTS_DEFAULT 0
 /*
- * The first retry window after throttling (429): it should be the time the account's quota
- * needs to serve every gateway that may start at once (gateways / TPS). The default serves a
- * hundred gateways at RegisterThing's default quota of 10 TPS (spec §3.1).
+ * The first retry window after throttling (429, or a Throttling* errorCode): it should be the time
+ * the account's quota needs to serve every gateway that may start at once (gateways / TPS). The
+ * default serves a hundred gateways at RegisterThing's default quota of 10 TPS (spec §3.1).
  */
 #define RETRY_THROTTLE_MIN     1
 #define RETRY_THROTTLE_MAX     86400

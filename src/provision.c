@@ -88,10 +88,10 @@ struct prov {
 	bool clock_wait_logged;
 
 	struct backoff backoff;          /* transient failures */
-	struct backoff throttle_backoff; /* 429s: its first window is retry.throttle */
-	uint64_t throttle_until;         /* CLOCK_BOOTTIME end of the current 429 window, or 0 */
-	unsigned failures;      /* failed attempts in this run: max_attempts counts these */
-	unsigned restart_flows; /* ownership tokens refused in this run */
+	struct backoff throttle_backoff; /* throttling: its first window is retry.throttle */
+	uint64_t throttle_until; /* CLOCK_BOOTTIME end of the current throttle window, or 0 */
+	unsigned failures;       /* failed attempts in this run: max_attempts counts these */
+	unsigned restart_flows;  /* ownership tokens refused in this run */
 	unsigned requests_sent;
 	char last_permanent[TEXT_MAX]; /* logged at error once, repeats at notice */
 
@@ -339,14 +339,14 @@ static void log_failure(struct prov *p, const struct failure *f)
 }
 
 /*
- * Throttling has its own window. A 429 says the account's quota is spent by a crowd of
- * unknown size; what serves the crowd best is its retries spread evenly over the time the
- * quota needs for all of it (gateways / TPS: retry.throttle). Windows growing from
- * retry.base instead (1, 2, 4, 8 s) send a site of a few hundred gateways back in waves that
- * are mostly throttled again. A retry throttled again inside the window was unlucky, not
- * early: it tries again within what is left of the same window, so the crowd is through
- * when the window ends. Throttled after the window's end, the crowd was larger than the
- * window allowed for: a new window twice as long begins.
+ * Throttling has its own window. A 429 or a ThrottlingException says the account's quota is
+ * spent by a crowd of unknown size; what serves the crowd best is its retries spread evenly
+ * over the time the quota needs for all of it (gateways / TPS: retry.throttle). Windows
+ * growing from retry.base instead (1, 2, 4, 8 s) send a site of a few hundred gateways back in
+ * waves that are mostly throttled again. A retry throttled again inside the window was
+ * unlucky, not early: it tries again within what is left of the same window, so the crowd is
+ * through when the window ends. Throttled after the window's end, the crowd was larger than
+ * the window allowed for: a new window twice as long begins.
  */
 static uint64_t throttle_delay(struct prov *p)
 {
